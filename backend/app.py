@@ -1,0 +1,38 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from backend import db, errors, logging_setup
+from backend.config import PROJECT_ROOT, load_config
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    config = load_config(overrides=overrides)
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    app.config["PEP"] = config
+    app.config["SECRET_KEY"] = config["server"]["secret_key"]
+    app.config["MAX_CONTENT_LENGTH"] = int(config["inference"]["max_request_bytes"])
+    app.config["JSON_SORT_KEYS"] = False
+
+    logging_setup.init_app(app)
+    db.init_app(app)
+    errors.init_app(app)
+
+    from backend.catalog import api as catalog_api
+    from backend.catalog import service as catalog_service
+    from backend.health import bp as health_bp
+    from backend.inference import api as inference_api
+
+    catalog_service.init_app(app)
+    app.register_blueprint(health_bp)
+    app.register_blueprint(catalog_api.bp)
+    app.register_blueprint(inference_api.bp)
+    return app

@@ -1,0 +1,78 @@
+"""POST /api/v1/multi-inference (SSE), POST /api/v1/inference (JSON or SSE), stored runs."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from backend.catalog.service import get_catalog
+from backend.errors import ApiError, NotFound
+from backend.inference import service
+from backend.inference.schema import InferenceBody, parse_body
+from backend.sse import SSE_HEADERS
+
+bp = Blueprint("inference_api", __name__, url_prefix="/api/v1")
+
+
+def _json_body() -> dict:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError("the request body must be JSON (Content-Type: application/json)", field="body")
+    return body
+
+
+def _plan(body: InferenceBody) -> service.Plan:
+    return service.prepare(body, get_catalog(), current_app.config["PEP"]["inference"])
+
+
+def _event_stream(plan: service.Plan) -> Response:
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return Response(service.relay(plan, get_catalog(), app), headers=SSE_HEADERS, direct_passthrough=True)
+
+
+@bp.post("/multi-inference")
+def multi_inference():  # type: ignore[no-untyped-def]
+    body = parse_body(_json_body(), InferenceBody)
+    if body.model is not None:
+        raise ApiError("model: use models (a list) with /multi-inference", field="model")
+    return _event_stream(_plan(body))
+
+
+@bp.post("/inference")
+def inference():  # type: ignore[no-untyped-def]
+    body = parse_body(_json_body(), InferenceBody)
+    if len(body.models) + (body.model is not None) + (body.manual_config is not None) != 1:
+        raise ApiError("model: name exactly one model (model, a one-item models, or manual_config)",
+                       field="model")
+    plan = _plan(body)
+    if body.stream:
+        return _event_stream(plan)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    run = service.collect(plan, get_catalog(), app)
+    result = run["results"][0]
+    payload = {"run_id": run["id"], **result}
+    if result["error"]:
+        status = 504 if result["error"]["code"] == "timeout" else 502
+        return jsonify(payload), status
+    return jsonify(payload)
+
+
+@bp.get("/inference/runs")
+def list_runs():  # type: ignore[no-untyped-def]
+    try:
+        limit = min(int(request.args.get("limit", 50)), 500)
+        offset = max(int(request.args.get("offset", 0)), 0)
+    except ValueError:
+        raise ApiError("limit and offset must be integers", field="limit") from None
+    if limit < 1:
+        raise ApiError("limit must be at least 1", field="limit")
+    return jsonify(service.list_runs(current_app, limit=limit, offset=offset,
+                                     model=request.args.get("model") or None,
+                                     text=request.args.get("q") or None))
+
+
+@bp.get("/inference/runs/<run_id>")
+def get_run(run_id: str):  # type: ignore[no-untyped-def]
+    run = service.get_run(run_id)
+    if run is None:
+        raise NotFound(f"no inference run {run_id!r}")
+    return jsonify(run.as_dict())

@@ -1,0 +1,92 @@
+"""Stored inference runs: the request (never secrets) and one result per model."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from backend.db import db
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class InferenceRun(db.Model):
+    __tablename__ = "inference_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | completed
+    prompt: Mapped[str] = mapped_column(Text)
+    system: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # max_tokens, temperature, media
+    models: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    results: Mapped[list[InferenceResult]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="InferenceResult.position"
+    )
+
+    def as_dict(self, *, with_results: bool = True) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "created_at": self.created_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "status": self.status,
+            "prompt": self.prompt,
+            "system": self.system,
+            "params": self.params,
+            "models": self.models,
+        }
+        if with_results:
+            data["results"] = [result.as_dict() for result in self.results]
+        return data
+
+
+class InferenceResult(db.Model):
+    __tablename__ = "inference_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("inference_runs.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    provider: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # completed | failed | cancelled
+    output: Mapped[str] = mapped_column(Text, default="")
+    reasoning: Mapped[str] = mapped_column(Text, default="")
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    token_source: Mapped[str | None] = mapped_column(String(16))  # "server" when usage was reported
+    finish_reason: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    run: Mapped[InferenceRun] = relationship(back_populates="results")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "display_name": self.display_name,
+            "provider": self.provider,
+            "status": self.status,
+            "output": self.output,
+            "reasoning": self.reasoning,
+            "metrics": {
+                "ttft_ms": self.ttft_ms,
+                "latency_ms": self.latency_ms,
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+                "tokens_per_s": self.tokens_per_s,
+                "token_source": self.token_source,
+                "finish_reason": self.finish_reason,
+            },
+            "error": {"code": self.error_code, "message": self.error_message} if self.error_code else None,
+        }

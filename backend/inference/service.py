@@ -1,0 +1,397 @@
+"""Fan one prompt out to several models, merge their streams into one SSE stream, store the run.
+
+``prepare`` turns a validated body into a ``Plan`` (or raises ApiError naming the field); ``relay``
+runs a plan and yields SSE bytes. Each model is pumped by its own thread (a greenlet under gunicorn's
+gevent worker) into one queue; the generator merges, times out slow models, sends heartbeats and,
+when the client goes away (GeneratorExit) or a model overstays, cancels the upstream calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask
+
+from backend.catalog.registry import ModelSpec
+from backend.catalog.service import Catalog
+from backend.db import db
+from backend.errors import ApiError
+from backend.inference.media import MediaError, decode_image, sample_video_frames
+from backend.inference.models import InferenceResult, InferenceRun
+from backend.inference.schema import InferenceBody
+from backend.providers import provider_for
+from backend.providers.base import (
+    Cancellation,
+    ChatRequest,
+    Delta,
+    Done,
+    Image,
+    Message,
+    ProviderError,
+    Reasoning,
+    Target,
+    Usage,
+)
+from backend.sse import PING, sse_event, sse_frame_prefix
+
+log = logging.getLogger(__name__)
+
+_END = object()  # a pump's last item
+_DRAIN_LIMIT = 512  # queue items merged into one write at most
+
+
+@dataclass
+class PlannedModel:
+    key: str
+    name: str
+    provider: str
+    request: ChatRequest
+    spec: ModelSpec | None = None
+    manual_target: Target | None = None
+
+
+@dataclass
+class Plan:
+    run_id: str
+    models: list[PlannedModel]
+    prompt: str
+    system: str | None
+    params: dict[str, Any]
+    model_timeout_s: float
+    heartbeat_s: float
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+def _conversation(body: InferenceBody) -> tuple[list[tuple[str, str]], str | None, str]:
+    """(role, text) turns, the system prompt, and the text to store as "the prompt"."""
+    system = body.system
+    if body.messages is not None:
+        turns = []
+        for turn in body.messages:
+            if turn.role == "system":
+                system = turn.content if system is None else f"{system}\n\n{turn.content}"
+            else:
+                turns.append((turn.role, turn.content))
+        if not turns or turns[-1][0] != "user":
+            raise ApiError("messages: the last message must come from the user", field="messages")
+        if not turns[-1][1].strip():
+            raise ApiError("messages: the last user message is empty", field="messages")
+        return turns, system, turns[-1][1]
+    text = body.text if body.text is not None else body.prompt
+    field_name = "text" if body.text is not None else "prompt"
+    if text is None or not text.strip():
+        raise ApiError(f"{field_name}: the prompt is empty; send text, prompt or messages", field=field_name)
+    return [("user", text)], system, text
+
+
+def _media(body: InferenceBody, settings: dict[str, Any]) -> tuple[list[Image], dict[str, Any]]:
+    if len(body.images) > settings["max_images"]:
+        raise ApiError(f"images: at most {settings['max_images']} images per request", field="images")
+    images: list[Image] = []
+    for index, value in enumerate(body.images):
+        try:
+            images.append(decode_image(value, max_bytes=int(settings["max_image_bytes"]),
+                                       what=f"images[{index}]"))
+        except MediaError as exc:
+            raise ApiError(str(exc), field=f"images[{index}]") from None
+    info: dict[str, Any] = {"images": [{"mime": i.mime, "bytes": len(i.data)} for i in images]}
+    if body.video is not None:
+        from backend.inference.media import decode_base64
+
+        try:
+            data = decode_base64(body.video, max_bytes=int(settings["max_video_bytes"]), what="video")
+            frames = sample_video_frames(data, frames=int(settings["video_frames"]))
+        except MediaError as exc:
+            raise ApiError(str(exc), field="video") from None
+        images.extend(frames)
+        info["video"] = {"bytes": len(data), "frames": len(frames)}
+    return images, info
+
+
+def prepare(body: InferenceBody, catalog: Catalog, settings: dict[str, Any]) -> Plan:
+    keys = list(body.models) + ([body.model] if body.model else [])
+    if not keys and body.manual_config is None:
+        raise ApiError("models: name at least one model (or give manual_config)", field="models",
+                       details={"known": catalog.known_keys()})
+    if len(set(keys)) != len(keys):
+        raise ApiError("models: a model is named twice", field="models")
+    specs: list[ModelSpec] = []
+    for index, key in enumerate(keys):
+        spec = catalog.get(key)
+        if spec is None:
+            field_name = "model" if body.model == key and not body.models else f"models[{index}]"
+            raise ApiError(f"{field_name}: unknown model {key!r}; known models: {', '.join(catalog.known_keys())}",
+                           field=field_name, details={"known": catalog.known_keys()})
+        specs.append(spec)
+
+    turns, system, prompt = _conversation(body)
+    images, media_info = _media(body, settings)
+    if images:
+        media_field = "images" if body.images else "video"
+        blind = [spec.key for spec in specs if not spec.capabilities.images]
+        if blind:
+            raise ApiError(
+                f"{media_field}: {', '.join(blind)} cannot read images"
+                + (" (video is sent as frames)" if media_field == "video" else "")
+                + "; choose image-capable models or remove the media",
+                field=media_field, details={"models": blind})
+
+    limit = int(settings["max_tokens_limit"])
+    if body.max_tokens is not None and body.max_tokens > limit:
+        raise ApiError(f"max_tokens: at most {limit}", field="max_tokens")
+    messages = tuple(
+        Message(role=role, text=text, images=tuple(images) if i == len(turns) - 1 else ())  # type: ignore[arg-type]
+        for i, (role, text) in enumerate(turns)
+    )
+    wanted = body.max_tokens or int(settings["default_max_tokens"])
+
+    def chat_request(max_tokens: int, streaming: bool = True) -> ChatRequest:
+        return ChatRequest(messages=messages, system=system, max_tokens=max_tokens,
+                           temperature=body.temperature, stream=streaming,
+                           connect_timeout_s=float(settings["connect_timeout_s"]),
+                           read_timeout_s=float(settings["model_timeout_s"]))
+
+    planned = [
+        PlannedModel(key=spec.key, name=spec.name, provider=spec.provider, spec=spec,
+                     request=chat_request(min(wanted, spec.max_tokens), spec.capabilities.streaming))
+        for spec in specs
+    ]
+    params: dict[str, Any] = {"max_tokens": wanted, "temperature": body.temperature, **media_info}
+    if body.manual_config is not None:
+        manual = body.manual_config
+        key = f"manual:{manual.label or manual.model_name}"
+        if key in keys:
+            raise ApiError("manual_config: its label collides with a model key", field="manual_config.label")
+        target = Target(key=key, provider="openai", model_id=manual.model_name, base_url=manual.base_url,
+                        api_url=manual.api_url,
+                        api_key=manual.api_key.get_secret_value() if manual.api_key else None)
+        planned.append(PlannedModel(key=key, name=manual.label or manual.model_name, provider="manual",
+                                    request=chat_request(wanted), manual_target=target))
+        # Where it went is kept; the key never is.
+        params["manual_config"] = {"base_url": manual.base_url, "api_url": manual.api_url,
+                                   "model_name": manual.model_name, "api_key_given": manual.api_key is not None}
+    return Plan(run_id=uuid.uuid4().hex, models=planned, prompt=prompt, system=system, params=params,
+                model_timeout_s=float(settings["model_timeout_s"]), heartbeat_s=float(settings["heartbeat_s"]))
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelState:
+    planned: PlannedModel
+    cancel: Cancellation = field(default_factory=Cancellation)
+    started: float = 0.0
+    first_token: float | None = None
+    ended: float | None = None
+    output: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    chunks: int = 0
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    error: ProviderError | None = None
+    finished: bool = False
+
+    def metrics(self) -> dict[str, Any]:
+        end = self.ended or time.perf_counter()
+        ttft_ms = (self.first_token - self.started) * 1000 if self.first_token else None
+        latency_ms = (end - self.started) * 1000
+        from_server = self.usage is not None and self.usage.output_tokens is not None
+        output_tokens = self.usage.output_tokens if from_server else self.chunks  # type: ignore[union-attr]
+        decode_s = (end - self.first_token) if self.first_token else 0.0
+        tokens_per_s = (output_tokens - 1) / decode_s if output_tokens and output_tokens > 1 and decode_s > 0 else None
+        return {
+            "ttft_ms": round(ttft_ms, 2) if ttft_ms is not None else None,
+            "latency_ms": round(latency_ms, 2),
+            "input_tokens": self.usage.input_tokens if self.usage else None,
+            "output_tokens": output_tokens,
+            "tokens_per_s": round(tokens_per_s, 2) if tokens_per_s else None,
+            # "server": usage reported by the model server; "chunks": counted stream chunks (approximate)
+            "token_source": "server" if from_server else "chunks",
+            "finish_reason": self.finish_reason,
+        }
+
+
+def _pump(state: ModelState, catalog: Catalog, out: queue.SimpleQueue) -> None:
+    planned = state.planned
+    put = out.put
+    try:
+        target = planned.manual_target or catalog.target(planned.spec)  # type: ignore[arg-type]
+        for event in provider_for(target)(target, planned.request, state.cancel):
+            if state.cancel.is_set():
+                return
+            put((state, event))
+    except ProviderError as exc:
+        put((state, exc))
+    except Exception as exc:  # a bug or an unexpected library error still ends only this model
+        log.exception("model %s failed unexpectedly", planned.key)
+        put((state, ProviderError("upstream", f"unexpected error: {exc.__class__.__name__}: {exc}")))
+    finally:
+        put((state, _END))
+
+
+def relay(plan: Plan, catalog: Catalog, app: Flask) -> Iterator[bytes]:
+    """The SSE stream of a run: run, delta/reasoning, model_done/model_error per model, done."""
+    _store_run_start(app, plan)
+    out: queue.SimpleQueue = queue.SimpleQueue()
+    states = [ModelState(planned) for planned in plan.models]
+    delta_prefix = {id(s): sse_frame_prefix("delta", {"model": s.planned.key}, "text") for s in states}
+    reasoning_prefix = {id(s): sse_frame_prefix("reasoning", {"model": s.planned.key}, "text") for s in states}
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    remaining = len(states)
+    try:
+        yield PING  # headers leave now, not with the first token
+        yield sse_event("run", {"run_id": plan.run_id,
+                                "targets": [{"model": p.key, "name": p.name, "provider": p.provider}
+                                            for p in plan.models]})
+        now = time.perf_counter()
+        for state in states:
+            state.started = now
+            threading.Thread(target=_pump, args=(state, catalog, out), daemon=True,
+                             name=f"pump-{state.planned.key}").start()
+        deadline = now + plan.model_timeout_s
+        last_write = now
+        while remaining:
+            now = time.perf_counter()
+            wait = min(last_write + plan.heartbeat_s, deadline) - now
+            try:
+                item = out.get(timeout=max(wait, 0.0))
+            except queue.Empty:
+                now = time.perf_counter()
+                if now >= deadline:
+                    frames = []
+                    for state in states:
+                        if not state.finished:
+                            state.error = ProviderError(
+                                "timeout", f"no complete answer within {plan.model_timeout_s:g} s")
+                            state.cancel.cancel()
+                            frames.append(_finish(state, now))
+                            remaining -= 1
+                    yield b"".join(frames)
+                else:
+                    yield PING
+                last_write = time.perf_counter()
+                continue
+            frames = []
+            # Merge whatever else is already waiting into the same write.
+            for _ in range(_DRAIN_LIMIT):
+                state, event = item
+                if not state.finished:
+                    event_type = type(event)
+                    if event_type is Delta:
+                        if state.first_token is None:
+                            state.first_token = time.perf_counter()
+                        state.chunks += 1
+                        state.output.append(event.text)
+                        frames.append(delta_prefix[id(state)] + dumps(event.text).encode() + b"}\n\n")
+                    elif event_type is Reasoning:
+                        if state.first_token is None:
+                            state.first_token = time.perf_counter()
+                        state.reasoning.append(event.text)
+                        frames.append(reasoning_prefix[id(state)] + dumps(event.text).encode() + b"}\n\n")
+                    elif event_type is Usage:
+                        state.usage = event
+                    elif event_type is Done:
+                        state.finish_reason = event.finish_reason
+                    elif isinstance(event, ProviderError):
+                        state.error = event
+                    elif event is _END:
+                        frames.append(_finish(state, time.perf_counter()))
+                        remaining -= 1
+                try:
+                    item = out.get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                out.put(item)  # drained enough for one write; keep the rest in order
+            if frames:
+                yield b"".join(frames)
+                last_write = time.perf_counter()
+        succeeded = sum(1 for s in states if s.error is None)
+        yield sse_event("done", {"run_id": plan.run_id, "succeeded": succeeded, "failed": len(states) - succeeded})
+    finally:
+        # The client went away (GeneratorExit), a bug, or the end: stop every upstream call still open.
+        for state in states:
+            if not state.finished:
+                state.cancel.cancel()
+                state.error = state.error or ProviderError("cancelled", "the client disconnected")
+                state.finished = True
+                state.ended = time.perf_counter()
+        _store_run_end(app, plan, states)
+
+
+def _finish(state: ModelState, now: float) -> bytes:
+    state.finished = True
+    state.ended = now
+    if state.error is not None:
+        return sse_event("model_error", {"model": state.planned.key, "error": state.error.as_dict(),
+                                         "metrics": state.metrics()})
+    return sse_event("model_done", {"model": state.planned.key, **state.metrics()})
+
+
+def collect(plan: Plan, catalog: Catalog, app: Flask) -> dict[str, Any]:
+    """Run a one-model plan to the end and return its stored result (the JSON form of /inference)."""
+    for _ in relay(plan, catalog, app):
+        pass
+    with app.app_context():
+        run = db.session.get(InferenceRun, plan.run_id)
+        return run.as_dict() if run else {}
+
+
+# --- storage -------------------------------------------------------------------------------------
+
+
+def _store_run_start(app: Flask, plan: Plan) -> None:
+    with app.app_context():
+        db.session.add(InferenceRun(id=plan.run_id, prompt=plan.prompt, system=plan.system,
+                                    params=plan.params, models=[p.key for p in plan.models]))
+        db.session.commit()
+
+
+def _store_run_end(app: Flask, plan: Plan, states: list[ModelState]) -> None:
+    try:
+        with app.app_context():
+            run = db.session.get(InferenceRun, plan.run_id)
+            if run is None:
+                return
+            for position, state in enumerate(states):
+                metrics = state.metrics()
+                error = state.error
+                status = "completed" if error is None else ("cancelled" if error.code == "cancelled" else "failed")
+                db.session.add(InferenceResult(
+                    run_id=run.id, position=position, model=state.planned.key, display_name=state.planned.name,
+                    provider=state.planned.provider, status=status, output="".join(state.output),
+                    reasoning="".join(state.reasoning), error_code=error.code if error else None,
+                    error_message=error.message if error else None, **metrics))
+            run.status = "completed"
+            run.finished_at = datetime.now(UTC)
+            db.session.commit()
+    except Exception:  # storing must never break the stream; the run row says "running" then
+        log.exception("could not store the results of run %s", plan.run_id)
+
+
+def list_runs(app: Flask, *, limit: int, offset: int, model: str | None, text: str | None) -> dict[str, Any]:
+    query = db.select(InferenceRun).order_by(InferenceRun.created_at.desc())
+    if model:
+        query = query.where(InferenceRun.id.in_(
+            db.select(InferenceResult.run_id).where(InferenceResult.model == model)))
+    if text:
+        query = query.where(InferenceRun.prompt.contains(text))
+    total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery()))
+    runs = db.session.scalars(query.limit(limit).offset(offset)).all()
+    return {"runs": [run.as_dict() for run in runs], "total": total, "limit": limit, "offset": offset}
+
+
+def get_run(run_id: str) -> InferenceRun | None:
+    return db.session.get(InferenceRun, run_id)

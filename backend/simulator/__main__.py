@@ -1,0 +1,86 @@
+"""``python -m backend.simulator --port N [--host H] [--seed S] [--api-key K] [--error-rate R]
+[--profile MODEL:FIELD=VALUE,...]``"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from aiohttp import web
+
+from backend.simulator.profiles import ProfileOverrideError, apply_override, builtin_profiles
+from backend.simulator.server import create_app
+
+# Hundreds of clients connect at once in benchmarks; the default backlog of 128 drops SYNs.
+LISTEN_BACKLOG = 4096
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m backend.simulator", description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
+    parser.add_argument(
+        "--error-rate",
+        type=float,
+        default=0.0,
+        help="fraction of requests answered with HTTP 500 (all models)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="MODEL:FIELD=VALUE,...",
+        help="override profile values, e.g. sim-fast:max_batch=8,decode_base_ms=5 (repeatable)",
+    )
+    return parser.parse_args(argv)
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if not 0.0 <= args.error_rate <= 1.0:
+        print("--error-rate must be between 0 and 1", file=sys.stderr)
+        return 2
+    profiles = builtin_profiles()
+    for profile in profiles.values():
+        profile.error_rate = args.error_rate
+    try:
+        for spec in args.profile:
+            apply_override(profiles, spec)
+    except ProfileOverrideError as exc:
+        print(f"--profile: {exc}", file=sys.stderr)
+        return 2
+
+    app = create_app(profiles, seed=args.seed, api_key=args.api_key)
+    loop = _new_event_loop()
+    print(
+        f"simulator listening on http://{args.host}:{args.port} seed={args.seed} "
+        f"loop={type(loop).__module__} models={','.join(profiles)}",
+        flush=True,
+    )
+    web.run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        handler_cancellation=True,
+        backlog=LISTEN_BACKLOG,
+        shutdown_timeout=1.0,
+        print=None,
+        loop=loop,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The one place that writes the Server-Sent Events wire format."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PING = b": ping\n\n"
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: deliver events as they come, not in bursts
+    "Connection": "keep-alive",
+}
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def sse_event(event: str, data: Any, event_id: str | None = None) -> bytes:
+    """``event:`` name, optional ``id:``, and one ``data:`` line per line of the JSON payload."""
+    payload = data if isinstance(data, str) else _dumps(data)
+    head = f"event: {event}\n" if event_id is None else f"id: {event_id}\nevent: {event}\n"
+    if "\n" in payload:
+        body = "".join(f"data: {line}\n" for line in payload.split("\n"))
+    else:
+        body = f"data: {payload}\n"
+    return (head + body + "\n").encode()
+
+
+def sse_frame_prefix(event: str, fixed: dict[str, Any], last_key: str) -> bytes:
+    """The start of an event whose JSON ends with one string field, for the relay's hot path.
+
+    ``prefix + json.dumps(value).encode() + b"}\\n\\n"`` equals ``sse_event(event, {**fixed, last_key: value})``;
+    JSON escapes newlines, so the payload stays on one ``data:`` line.
+    """
+    head = _dumps({**fixed, last_key: None})
+    assert head.endswith("null}")
+    return f"event: {event}\ndata: {head[:-5]}".encode()
