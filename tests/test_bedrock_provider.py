@@ -312,10 +312,15 @@ def test_cancel_from_another_thread_wakes_a_blocked_read(server: BedrockServer) 
     assert server.requests, "the request never reached the server"
     time.sleep(0.1)  # let the consumer block in its read; any earlier cancel must end it too
 
-    cancel.cancel()
+    # Cancel from a third thread, as a request handler or a timer would: a callback that blocks
+    # (closing the stream does, until the read ends) must not hide behind a blocked cancel() here.
+    canceller = threading.Thread(target=cancel.cancel)
+    canceller.start()
     consumer.join(timeout=2)
+    canceller.join(timeout=2)
 
     assert not consumer.is_alive(), "cancel did not wake the blocked read"
+    assert not canceller.is_alive(), "cancel() blocked"
     assert errors == []
     assert events == []
 
@@ -346,6 +351,20 @@ def test_abandoned_stream_leaves_the_client_usable(server: BedrockServer) -> Non
     events.close()
 
     assert collect("test.ok")[-1] == Done("end_turn")
+
+
+def test_late_cancel_does_not_touch_a_reused_connection(server: BedrockServer) -> None:
+    finished = Cancellation()
+    assert list(bedrock.stream(target("test.ok"), ask(), finished))[-1] == Done("end_turn")
+
+    events = []
+    for event in bedrock.stream(target("test.ok"), ask(), Cancellation()):
+        events.append(event)
+        if len(events) == 1:
+            finished.cancel()  # the pool may have handed the first stream's connection to this one
+
+    assert events[-1] == Done("end_turn")
+    assert "".join(event.text for event in events if isinstance(event, Delta)) == OK_ANSWER
 
 
 # --- the test server itself ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from backend.simulator.profiles import ProfileOverrideError, apply_override, builtin_profiles
 from tests.support.simulator import SimulatorProcess
 
 BUILTIN_MODELS = {
@@ -122,11 +123,11 @@ def test_streaming_without_usage_and_max_tokens_length(sim: SimulatorProcess) ->
 
 
 def test_ignore_eos_gives_exactly_max_tokens(sim: SimulatorProcess) -> None:
-    response = _post(sim, _chat("sim-fast", "long please", max_tokens=150, ignore_eos=True))
+    response = _post(sim, _chat("sim-fast", "long please", max_tokens=60, ignore_eos=True))
     body = response.json()
-    assert body["usage"]["completion_tokens"] == 150
+    assert body["usage"]["completion_tokens"] == 60
     assert body["choices"][0]["finish_reason"] == "length"
-    assert len(body["choices"][0]["message"]["content"].split()) == 150
+    assert len(body["choices"][0]["message"]["content"].split()) == 60
 
 
 def test_non_streaming_shape_and_usage(sim: SimulatorProcess) -> None:
@@ -315,3 +316,36 @@ def test_requests_since_filters_by_arrival(sim: SimulatorProcess) -> None:
     recent = sim.requests(since=marker)
     assert [record["prompt"] for record in recent] == ["after the marker"]
     assert sim.requests(since=time.time() + 60) == []
+
+
+def _error_pattern(sim: SimulatorProcess) -> list[int]:
+    return [_post(sim, _chat("sim-echo", f"request {i}")).status_code for i in range(24)]
+
+
+def test_error_injection_is_deterministic_for_a_seed() -> None:
+    args = ["--error-rate", "0.5"]
+    with (
+        SimulatorProcess(seed=3, extra_args=args) as first,
+        SimulatorProcess(seed=3, extra_args=args) as again,
+    ):
+        pattern = _error_pattern(first)
+        assert set(pattern) == {200, 500}
+        assert _error_pattern(again) == pattern
+        assert first.stats()["errors"] == pattern.count(500)
+
+
+def test_profile_override_changes_and_creates_profiles() -> None:
+    profiles = builtin_profiles()
+    apply_override(profiles, "sim-fast:max_batch=8,decode_base_ms=5")
+    apply_override(profiles, "sim-custom:min_output_tokens=3,max_output_tokens=3,behavior=echo")
+    assert (profiles["sim-fast"].max_batch, profiles["sim-fast"].decode_base_ms) == (8, 5.0)
+    assert profiles["sim-custom"].max_output_tokens == 3
+    assert profiles["sim-custom"].behavior == "echo"
+
+
+@pytest.mark.parametrize(
+    "spec", ["sim-fast", "sim-fast:no_such_field=1", "sim-fast:max_batch=many", "sim-fast:max_batch=0"]
+)
+def test_bad_profile_override_is_rejected(spec: str) -> None:
+    with pytest.raises(ProfileOverrideError):
+        apply_override(builtin_profiles(), spec)

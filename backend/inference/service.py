@@ -89,7 +89,7 @@ def _conversation(body: InferenceBody) -> tuple[list[tuple[str, str]], str | Non
             raise ApiError("messages: the last user message is empty", field="messages")
         return turns, system, turns[-1][1]
     text = body.text if body.text is not None else body.prompt
-    field_name = "text" if body.text is not None else "prompt"
+    field_name = "prompt" if body.prompt is not None else "text"
     if text is None or not text.strip():
         raise ApiError(f"{field_name}: the prompt is empty; send text, prompt or messages", field=field_name)
     return [("user", text)], system, text

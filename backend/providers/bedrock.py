@@ -85,6 +85,8 @@ def stream(target: Target, request: ChatRequest, cancel: Cancellation) -> Iterat
         client = _client_for(target.region, request.connect_timeout_s, request.read_timeout_s)
         response = client.converse_stream(**converse_params(target, request))
     except Exception as exc:
+        if cancel.is_set():
+            return
         raise provider_error(exc) from exc
 
     events: EventStream = response["stream"]

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from flask import Flask
+
+
+def test_migrations_build_an_empty_database(app: Flask, tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        journal = connection.execute("PRAGMA journal_mode").fetchone()[0]
+    assert {"inference_runs", "inference_results", "alembic_version"} <= tables
+    assert version == "0001_inference_runs"
+    assert journal == "wal"
+
+
+def test_health_and_ready(client) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/health").json == {"status": "ok"}
+    assert client.get("/ready").json == {"status": "ok", "database": "ok"}
+
+
+def test_ready_reports_a_broken_database(app: Flask, tmp_path: Path) -> None:
+    from backend.db import db
+
+    with app.app_context():
+        db.engine.dispose()
+    (tmp_path / "app.db").unlink()
+    (tmp_path / "app.db").mkdir()  # a directory where the file was: SQLite cannot open it
+    response = app.test_client().get("/ready")
+    assert response.status_code == 503
+    assert response.json["status"] == "unavailable"
