@@ -21,10 +21,7 @@ def sse_event(event: str, data: Any, event_id: str | None = None) -> bytes:
     """``event:`` name, optional ``id:``, and one ``data:`` line per line of the JSON payload."""
     payload = data if isinstance(data, str) else _dumps(data)
     head = f"event: {event}\n" if event_id is None else f"id: {event_id}\nevent: {event}\n"
-    if "\n" in payload:
-        body = "".join(f"data: {line}\n" for line in payload.split("\n"))
-    else:
-        body = f"data: {payload}\n"
+    body = "".join(f"data: {line}\n" for line in payload.split("\n")) if "\n" in payload else f"data: {payload}\n"
     return (head + body + "\n").encode()
 
 

@@ -21,7 +21,7 @@ loglevel = "warning"
 wsgi_app = "backend.app:create_app()"
 
 
-def post_fork(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+def post_fork(server, worker):
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) > 1 and os.environ.get("PIN_WORKERS", "1") == "1":
         os.sched_setaffinity(0, {cores[(worker.age - 1) % len(cores)]})

@@ -304,7 +304,7 @@ def test_cancel_from_another_thread_wakes_a_blocked_read(server: BedrockServer) 
         except BaseException as exc:  # reported by the assertions below
             errors.append(exc)
 
-    consumer = threading.Thread(target=consume)
+    consumer = threading.Thread(target=consume, daemon=True)
     consumer.start()
     deadline = time.monotonic() + 5
     while not server.requests and time.monotonic() < deadline:
@@ -314,7 +314,7 @@ def test_cancel_from_another_thread_wakes_a_blocked_read(server: BedrockServer) 
 
     # Cancel from a third thread, as a request handler or a timer would: a callback that blocks
     # (closing the stream does, until the read ends) must not hide behind a blocked cancel() here.
-    canceller = threading.Thread(target=cancel.cancel)
+    canceller = threading.Thread(target=cancel.cancel, daemon=True)
     canceller.start()
     consumer.join(timeout=2)
     canceller.join(timeout=2)

@@ -7,6 +7,7 @@ A provider is a callable ``stream(target, request, cancel) -> Iterator[StreamEve
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -149,10 +150,8 @@ class Cancellation:
             self._event.set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
-            try:
+            with contextlib.suppress(Exception):
                 callback()
-            except Exception:  # noqa: BLE001 - closing an already broken connection is fine
-                pass
 
 
 class Provider(Protocol):

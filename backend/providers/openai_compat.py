@@ -9,6 +9,7 @@ only looks at ``data:`` lines, which is all the OpenAI stream uses. Per relayed 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 from collections.abc import Iterable, Iterator
@@ -89,7 +90,7 @@ def iter_sse_data(chunks: Iterable[bytes]) -> Iterator[bytes]:
 def _error_message(response: requests.Response) -> str:
     try:
         raw = response.raw.read(_ERROR_BODY_LIMIT, decode_content=True) or b""
-    except Exception:  # noqa: BLE001 - the status alone is still a useful message
+    except Exception:
         raw = b""
     text = raw.decode("utf-8", "replace").strip()
     try:
@@ -111,10 +112,8 @@ def _shutdown(response: requests.Response) -> None:
     connection = getattr(response.raw, "_connection", None)
     sock = getattr(connection, "sock", None)
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
     response.close()
 
 
