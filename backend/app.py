@@ -7,11 +7,13 @@ from typing import Any
 from flask import Flask
 
 from backend import db, errors, logging_setup
-from backend.config import PROJECT_ROOT, load_config
+from backend.config import PROJECT_ROOT, ConfigError, load_config
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     config = load_config(overrides=overrides)
+    if not config["server"]["secret_key"]:
+        raise ConfigError("server.secret_key is not set: export SECRET_KEY (required in production)")
     app = Flask(
         __name__,
         template_folder=str(PROJECT_ROOT / "templates"),

@@ -137,9 +137,7 @@ def test_reasoning_comes_before_the_answer(server: BedrockServer) -> None:
 
 def test_images_arrive_with_their_format_and_exact_bytes(server: BedrockServer) -> None:
     png, jpeg = image_bytes("PNG", "red"), image_bytes("JPEG", "blue")
-    message = Message(
-        "user", "What is in these?", images=(Image("image/png", png), Image("image/jpeg", jpeg))
-    )
+    message = Message("user", "What is in these?", images=(Image("image/png", png), Image("image/jpeg", jpeg)))
 
     events = collect("test.echo", ChatRequest(messages=(message,)))
 
@@ -409,13 +407,9 @@ def test_non_streaming_converse_for_other_clients(server: BedrockServer) -> None
     config = botocore.config.Config(retries={"total_max_attempts": 1})
     client = boto3.session.Session().client("bedrock-runtime", region_name=REGION, config=config)
     try:
-        response = client.converse(
-            modelId="test.ok", messages=[{"role": "user", "content": [{"text": "hi"}]}]
-        )
+        response = client.converse(modelId="test.ok", messages=[{"role": "user", "content": [{"text": "hi"}]}])
         with pytest.raises(client.exceptions.ValidationException):
-            client.converse(
-                modelId="test.validation", messages=[{"role": "user", "content": [{"text": "x"}]}]
-            )
+            client.converse(modelId="test.validation", messages=[{"role": "user", "content": [{"text": "x"}]}])
     finally:
         client.close()
 

@@ -45,3 +45,11 @@ def test_unknown_variable_fails_loudly(environ: dict[str, str]) -> None:
 def test_unknown_environment_fails() -> None:
     with pytest.raises(ConfigError, match="staging"):
         load_config("staging", environ={})
+
+
+def test_production_needs_a_secret_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from backend.app import create_app
+
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        create_app({"environment": "production", "server": {"secret_key": None},
+                    "database": {"path": str(tmp_path / "a.db")}, "logging": {"dir": str(tmp_path)}})

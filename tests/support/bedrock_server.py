@@ -31,9 +31,9 @@ Behaviour is chosen by the model id (exact match):
                                     ``delta_delay_s`` (default 10 ms) apart; stopReason ``end_turn``.
 ``test.reasoning``                  3 reasoning deltas and a signature delta (block 0), then the
                                     ``test.ok`` answer as text (block 1).
-``test.echo``                       Answers with the text of the last user message, then one
-                                    ``[image:<format>:<n> bytes]`` per image block in it (``n`` is the
-                                    number of decoded bytes), in one delta.
+``test.echo``                       Answers, in one delta, with the blocks of the last user message
+                                    joined by spaces in their order: text as is, each image as
+                                    ``[image:<format>:<n> bytes]`` (``n`` = decoded byte count).
 ``test.slow``                       50 deltas ``"tick 1 "`` ... ``"tick 50 "``, ``slow_delay_s``
                                     (default 200 ms) apart.
 ``test.hang``                       Headers and ``messageStart``, then nothing until the client goes
@@ -433,9 +433,7 @@ class BedrockServer:
     def start(self) -> BedrockServer:
         self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 

@@ -1,0 +1,538 @@
+"""What the /multi-inference relay adds to streaming, measured against talking to the model directly.
+
+``.venv/bin/python scripts/bench_relay.py [--quick] [--repeats N] [--levels 1,10,...] [--workers N]``
+
+Starts the simulator and gunicorn the way scripts/start.sh does (own free loopback ports, a temporary
+database and log directory, the catalogue in scripts/bench_models.yaml: three keys per simulator
+profile), then for each level of concurrent clients runs two phases against the same simulator:
+
+* direct: each client opens the three chat-completions streams to sim-steady that the relay would open;
+* relay:  each client streams one ``POST /api/v1/multi-inference`` naming three sim-steady aliases.
+
+Clients start spread over ``RAMP_S`` (steady concurrency, not a thundering herd), each runs a fixed
+number of requests one after another, ~100 tokens per model at 20 ms. The load generator is a separate
+process (asyncio + aiohttp, uvloop when present) that splits SSE incrementally and stamps each token
+with the time its bytes arrived. Phases alternate direct/relay and repeat; the figures are medians
+over repeats of in-run differences (relay minus direct), because the 2-core machine is shared and noisy.
+A last phase holds 1,000 slow clients (sim-slow, 1 token/s, 5 tokens per model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = ROOT / ".venv" / "bin" / "python"
+GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
+MODELS_FILE = ROOT / "scripts" / "bench_models.yaml"
+
+STEADY_KEYS = ["steady-a", "steady-b", "steady-c"]
+SLOW_KEYS = ["slow-a", "slow-b", "slow-c"]
+STEADY_TOKENS = 100
+SLOW_TOKENS = 5
+RAMP_S = 1.0
+SLOW_CLIENTS = 1000
+SLOW_RAMP_S = 2.0
+PROMPT = "Benchmark the relay: say something steady."
+TARGETS = {  # clients: (added TTFT p99 ms, added inter-token gap p99 ms)
+    100: (25.0, 10.0),
+    200: (50.0, 20.0),
+}
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    """Percentile by linear interpolation (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def median(values: list[float]) -> float:
+    values = [v for v in values if v == v]  # drop NaN
+    return statistics.median(values) if values else float("nan")
+
+
+# --- load generator (runs in its own process) ----------------------------------------------------
+
+
+class StreamLog:
+    """One upstream model stream as a client saw it: when it was asked for, when each token arrived."""
+
+    __slots__ = ("done", "error", "start", "times")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.times: list[float] = []
+        self.error: str | None = None
+        self.done = False
+
+
+def _direct_body(model: str, max_tokens: int) -> bytes:
+    # What backend/providers/openai_compat.build_body sends upstream for the same request.
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": PROMPT}],
+                       "max_tokens": max_tokens, "stream": True,
+                       "stream_options": {"include_usage": True}}).encode()
+
+
+async def _direct_stream(session: Any, url: str, model: str, max_tokens: int, log: StreamLog) -> None:
+    """One chat-completions stream; a token is a chunk whose delta has non-empty content."""
+    async with session.post(url, data=_direct_body(model, max_tokens),
+                            headers={"Content-Type": "application/json"}) as response:
+        if response.status != 200:
+            log.error = f"HTTP {response.status}"
+            return
+        pending = b""
+        times = log.times
+        async for data in response.content.iter_any():
+            now = time.perf_counter()
+            pending += data
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                at = event.find(b'"content":"')
+                if at >= 0 and event[at + 11:at + 12] != b'"':
+                    times.append(now)
+                elif event == b"data: [DONE]":
+                    log.done = True
+                elif b'"error"' in event:
+                    log.error = event[:200].decode("utf-8", "replace")
+
+
+_DELTA_HEAD = b'event: delta\ndata: {"model":"'
+
+
+async def _relay_stream(session: Any, url: str, keys: list[str], max_tokens: int,
+                        logs: dict[bytes, StreamLog]) -> None:
+    """One /multi-inference stream; tokens are ``delta`` events, attributed by their model key."""
+    body = json.dumps({"models": keys, "text": PROMPT, "max_tokens": max_tokens}).encode()
+    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+        if response.status != 200:
+            for log in logs.values():
+                log.error = f"HTTP {response.status}"
+            return
+        pending = b""
+        head = len(_DELTA_HEAD)
+        async for data in response.content.iter_any():
+            now = time.perf_counter()
+            pending += data
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                if event.startswith(_DELTA_HEAD):
+                    logs[event[head:event.index(b'"', head)]].times.append(now)
+                elif event.startswith(b"event: model_done\n"):
+                    logs[json.loads(event[24:])["model"].encode()].done = True
+                elif event.startswith(b"event: model_error\n"):
+                    payload = json.loads(event[25:])
+                    logs[payload["model"].encode()].error = json.dumps(payload["error"])
+                elif event.startswith(b"event: delta\n"):
+                    payload = json.loads(event[19:])  # a layout this parser does not expect: slow path
+                    logs[payload["model"].encode()].times.append(now)
+
+
+async def _client(spec: dict[str, Any], session: Any, delay: float, logs: list[StreamLog]) -> None:
+    await asyncio.sleep(delay)
+    for _ in range(spec["requests_per_client"]):
+        start = time.perf_counter()
+        if spec["mode"] == "direct":
+            streams = [StreamLog(start) for _ in spec["keys"]]
+            logs.extend(streams)
+            results = await asyncio.gather(
+                *(_direct_stream(session, spec["url"], spec["upstream_model"], spec["max_tokens"], log)
+                  for log in streams), return_exceptions=True)
+            for log, result in zip(streams, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error = f"{result.__class__.__name__}: {result}"
+        else:
+            by_key = {key.encode(): StreamLog(start) for key in spec["keys"]}
+            logs.extend(by_key.values())
+            try:
+                await _relay_stream(session, spec["url"], spec["keys"], spec["max_tokens"], by_key)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted, not raised
+                for log in by_key.values():
+                    log.error = log.error or f"{exc.__class__.__name__}: {exc}"
+
+
+def _summarise(spec: dict[str, Any], logs: list[StreamLog], wall_s: float) -> dict[str, Any]:
+    expected = spec["max_tokens"]
+    errors: list[str] = []
+    complete: list[StreamLog] = []
+    for log in logs:
+        if log.error is None and not log.done:
+            log.error = "stream ended without its end event"
+        if log.error is None and len(log.times) != expected:
+            log.error = f"{len(log.times)} tokens, expected {expected}"
+        if log.error is None:
+            complete.append(log)
+        else:
+            errors.append(log.error)
+    gaps = [b - a for log in complete for a, b in zip(log.times, log.times[1:], strict=False)]
+    offsets = [[(log.times[i] - log.start) * 1000 for log in complete] for i in range(expected)]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "streams": len(logs),
+        "tokens": sum(len(log.times) for log in logs),
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:5],
+        "ttft_ms": [(log.times[0] - log.start) * 1000 for log in complete],
+        "gap_p50_ms": pct(gaps, 50) * 1000,
+        "gap_p99_ms": pct(gaps, 99) * 1000,
+        "offset_p50_ms": [pct(column, 50) for column in offsets],
+        "offset_p99_ms": [pct(column, 99) for column in offsets],
+        "wall_s": wall_s,
+        "loadgen_cpu_s": usage.ru_utime + usage.ru_stime,
+    }
+
+
+async def _load(spec: dict[str, Any]) -> dict[str, Any]:
+    import aiohttp
+
+    clients = spec["clients"]
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)  # a fresh connection per stream, as the relay
+    timeout = aiohttp.ClientTimeout(total=spec["request_timeout_s"], sock_connect=10)
+    logs: list[StreamLog] = []
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        tasks = [asyncio.ensure_future(_client(spec, session, spec["ramp_s"] * k / clients, logs))
+                 for k in range(clients)]
+        _, late = await asyncio.wait(tasks, timeout=spec["deadline_s"])
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+    for log in logs:
+        if late and log.error is None and not log.done:
+            log.error = "phase deadline passed"
+    return _summarise(spec, logs, time.perf_counter() - started)
+
+
+def loadgen_main(spec_json: str) -> int:
+    spec = json.loads(spec_json)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    print(json.dumps(runner(_load(spec))))
+    return 0
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, deadline_s: float) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {deadline_s:g} s")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+class Servers:
+    """The simulator and gunicorn, each in its own process group with a log file; stopped on exit."""
+
+    def __init__(self, workers: int | None, pin: bool) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench_relay_"))
+        self.sim_port, self.web_port = free_port(), free_port()
+        self.env = {
+            **os.environ,
+            "ENVIRONMENT": "production",
+            "PEP_SERVER__SECRET_KEY": secrets.token_hex(16),
+            "HOST": "127.0.0.1",
+            "PORT": str(self.web_port),
+            "SIMULATOR_PORT": str(self.sim_port),
+            "PEP_DATABASE__PATH": str(self.tmp / "app.db"),
+            "PEP_LOGGING__DIR": str(self.tmp / "logs"),
+            "PEP_CATALOG__MODELS_FILE": str(MODELS_FILE),
+            "PIN_WORKERS": "1" if pin else "0",
+        }
+        if workers:
+            self.env["WEB_WORKERS"] = str(workers)
+        self.procs: list[subprocess.Popen] = []
+
+    def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen:
+        log = open(self.tmp / log_name, "ab")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> None:
+        # As start.sh: fail early on bad configuration and apply the migrations, then run both servers.
+        subprocess.run([str(PYTHON), "-c", "from backend.app import create_app; create_app()"],
+                       cwd=ROOT, env=self.env, check=True, timeout=120, capture_output=True)
+        self.sim = self._spawn([str(PYTHON), "-m", "backend.simulator", "--host", "127.0.0.1",
+                                "--port", str(self.sim_port)], "simulator.log")
+        self.web = self._spawn([str(GUNICORN), "--config", "config/gunicorn.conf.py"], "gunicorn.log")
+        wait_http(f"http://127.0.0.1:{self.sim_port}/v1/models", 30)
+        wait_http(f"http://127.0.0.1:{self.web_port}/health", 30)
+        end = time.monotonic() + 10
+        expected = int(self.env.get("WEB_WORKERS", os.cpu_count() or 1))
+        while len(self.workers()) < expected and time.monotonic() < end:
+            time.sleep(0.1)
+
+    def workers(self) -> list[int]:
+        return children(self.web.pid)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+
+def run_phase(servers: Servers, mode: str, clients: int, requests_per_client: int, slow: bool = False,
+              ramp_s: float = RAMP_S) -> dict[str, Any]:
+    tokens = SLOW_TOKENS if slow else STEADY_TOKENS
+    per_request_s = tokens * (1.0 if slow else 0.02) + 5
+    spec = {
+        "mode": mode,
+        "clients": clients,
+        "requests_per_client": requests_per_client,
+        "keys": SLOW_KEYS if slow else STEADY_KEYS,
+        "upstream_model": "sim-slow" if slow else "sim-steady",
+        "max_tokens": tokens,
+        "ramp_s": ramp_s,
+        "request_timeout_s": per_request_s * 3,
+        "deadline_s": ramp_s + per_request_s * requests_per_client * 2,
+        "url": (f"http://127.0.0.1:{servers.sim_port}/v1/chat/completions" if mode == "direct"
+                else f"http://127.0.0.1:{servers.web_port}/api/v1/multi-inference"),
+    }
+    workers = servers.workers()
+    cpu_before = cpu_seconds(workers)
+    sim_before = cpu_seconds([servers.sim.pid])
+    started = time.monotonic()
+    proc = subprocess.Popen([str(PYTHON), __file__, "--loadgen", json.dumps(spec)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    peak_rss = 0.0
+    hard_end = started + spec["deadline_s"] + 30
+    while proc.poll() is None and time.monotonic() < hard_end:
+        peak_rss = max(peak_rss, rss_mb(workers))
+        time.sleep(0.25)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=10)
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed ({proc.returncode}): {err.decode()[-2000:]}")
+    result = json.loads(out)
+    relay_cpu = cpu_seconds(workers) - cpu_before
+    result.update(mode=mode, clients=clients, relay_cpu_s=relay_cpu, relay_cores=relay_cpu / wall,
+                  sim_cores=(cpu_seconds([servers.sim.pid]) - sim_before) / wall, rss_mb=peak_rss,
+                  relay_us_per_token=relay_cpu / result["tokens"] * 1e6 if result["tokens"] else float("nan"))
+    return result
+
+
+# --- comparison ----------------------------------------------------------------------------------
+
+
+def compare(direct: dict[str, Any], relay: dict[str, Any]) -> dict[str, float]:
+    """In-run differences of one direct/relay pair (ms)."""
+    added_tok_50 = [r - d for r, d in zip(relay["offset_p50_ms"], direct["offset_p50_ms"], strict=True)]
+    added_tok_99 = [r - d for r, d in zip(relay["offset_p99_ms"], direct["offset_p99_ms"], strict=True)]
+    return {
+        "ttft_d50": pct(direct["ttft_ms"], 50), "ttft_d99": pct(direct["ttft_ms"], 99),
+        "ttft_r50": pct(relay["ttft_ms"], 50), "ttft_r99": pct(relay["ttft_ms"], 99),
+        "ttft_add50": pct(relay["ttft_ms"], 50) - pct(direct["ttft_ms"], 50),
+        "ttft_add99": pct(relay["ttft_ms"], 99) - pct(direct["ttft_ms"], 99),
+        "tok_add50": median(added_tok_50), "tok_add99": median(added_tok_99),
+        "gap_d50": direct["gap_p50_ms"], "gap_d99": direct["gap_p99_ms"],
+        "gap_r50": relay["gap_p50_ms"], "gap_r99": relay["gap_p99_ms"],
+        "gap_add99": relay["gap_p99_ms"] - direct["gap_p99_ms"],
+        "err_d": direct["errors"], "err_r": relay["errors"],
+        "relay_cores": relay["relay_cores"], "us_tok": relay["relay_us_per_token"],
+        "rss": relay["rss_mb"], "sim_d": direct["sim_cores"], "sim_r": relay["sim_cores"],
+        "lg_d": direct["loadgen_cpu_s"] / direct["wall_s"], "lg_r": relay["loadgen_cpu_s"] / relay["wall_s"],
+    }
+
+
+def combine(pairs: list[dict[str, float]]) -> dict[str, float]:
+    """Medians over repeats; errors are summed."""
+    combined = {key: median([p[key] for p in pairs]) for key in pairs[0]}
+    combined["err_d"] = sum(p["err_d"] for p in pairs)
+    combined["err_r"] = sum(p["err_r"] for p in pairs)
+    combined["repeats"] = len(pairs)
+    return combined
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "  n/a" if value != value else f"{value:.{digits}f}"
+
+
+def print_table(rows: dict[str, dict[str, float]]) -> None:
+    header = (f"{'clients':>9} {'rep':>3} | {'TTFT d p50/p99':>15} {'TTFT r p50/p99':>15} {'+TTFT p50/p99':>14} | "
+              f"{'+tok p50/p99':>12} | {'gap d p50/p99':>13} {'gap r p50/p99':>13} {'+gap p99':>8} | "
+              f"{'err d/r':>7} | {'relay cpu':>9} {'us/tok':>6} {'RSS MB':>6} | {'sim cpu d/r':>11} {'lg cpu d/r':>10}")
+    print(header)
+    print("-" * len(header))
+    for label, r in rows.items():
+        print(f"{label:>9} {int(r['repeats']):>3} | "
+              f"{fmt(r['ttft_d50']):>7}/{fmt(r['ttft_d99']):<7} {fmt(r['ttft_r50']):>7}/{fmt(r['ttft_r99']):<7} "
+              f"{fmt(r['ttft_add50']):>6}/{fmt(r['ttft_add99']):<7} | "
+              f"{fmt(r['tok_add50']):>5}/{fmt(r['tok_add99']):<6} | "
+              f"{fmt(r['gap_d50']):>6}/{fmt(r['gap_d99']):<6} {fmt(r['gap_r50']):>6}/{fmt(r['gap_r99']):<6} "
+              f"{fmt(r['gap_add99']):>8} | {int(r['err_d']):>3}/{int(r['err_r']):<3} | "
+              f"{fmt(r['relay_cores'], 2):>9} {fmt(r['us_tok']):>6} {fmt(r['rss'], 0):>6} | "
+              f"{fmt(r['sim_d'], 2):>5}/{fmt(r['sim_r'], 2):<5} {fmt(r['lg_d'], 2):>4}/{fmt(r['lg_r'], 2):<5}")
+
+
+EXPLANATION = """\
+All times in ms; d = direct to the simulator, r = through /api/v1/multi-inference, + = relay minus direct.
+TTFT: first token's arrival at the client minus the moment the client sent its request, per request x model.
++tok: for each token index i, the p50 (p99) over requests x models of token i's arrival time relative to its
+  request's start, relay minus direct; the figure is the median of that difference over the indexes i
+  (how much later a token reaches the user through the relay, the TTFT offset included).
+gap: time between consecutive tokens of one model stream at the client (tokens merged into one write count as 0).
+relay cpu: gunicorn workers' CPU seconds / wall seconds in the relay phase (cores); us/tok: those CPU seconds
+  per relayed token; RSS: peak sum over workers. sim/lg cpu: simulator and load generator cores per phase.
+Each row is the median over repeats of in-run pairs; errors are summed over repeats."""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="levels 1, 10 and 50 only, no slow clients")
+    parser.add_argument("--levels", default=None, help="comma-separated client counts (default 1,10,50,100,200)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=None, help="WEB_WORKERS (default: gunicorn.conf, one per core)")
+    parser.add_argument("--no-pin", action="store_true", help="PIN_WORKERS=0")
+    parser.add_argument("--no-slow", action="store_true", help="skip the 1,000 slow clients")
+    parser.add_argument("--loadgen", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.loadgen:
+        return loadgen_main(args.loadgen)
+
+    levels = [int(x) for x in args.levels.split(",")] if args.levels else (
+        [1, 10, 50] if args.quick else [1, 10, 50, 100, 200])
+    slow = not (args.quick or args.no_slow)
+    cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                      if line.startswith("model name")), "unknown")
+    servers = Servers(args.workers, not args.no_pin)
+    t0 = time.monotonic()
+    try:
+        servers.start()
+        print(f"machine: {os.cpu_count()} cores ({cpu_model}); gunicorn workers: {len(servers.workers())} "
+              f"(pinned: {not args.no_pin}, pids {servers.workers()}); simulator :{servers.sim_port}, relay :{servers.web_port}; "
+              f"tmp {servers.tmp}", flush=True)
+        run_phase(servers, "relay", 2, 1)  # warm-up: imports, first connections, the database file
+        run_phase(servers, "direct", 2, 1)
+        rows: dict[str, dict[str, float]] = {}
+        for clients in levels:
+            per_client = 3 if clients == 1 else 2
+            pairs = []
+            for repeat in range(args.repeats):
+                order = ["direct", "relay"] if repeat % 2 == 0 else ["relay", "direct"]
+                results = {mode: run_phase(servers, mode, clients, per_client) for mode in order}
+                pairs.append(compare(results["direct"], results["relay"]))
+                for mode in order:
+                    if results[mode]["errors"]:
+                        print(f"  {clients} clients {mode}: {results[mode]['errors']} errors, e.g. "
+                              f"{results[mode]['error_samples']}", flush=True)
+            rows[str(clients)] = combine(pairs)
+            print(f"  {clients:>4} clients done ({time.monotonic() - t0:.0f} s)", flush=True)
+        if slow:
+            results = {mode: run_phase(servers, mode, SLOW_CLIENTS, 1, slow=True, ramp_s=SLOW_RAMP_S)
+                       for mode in ("direct", "relay")}
+            for mode, result in results.items():
+                if result["errors"]:
+                    print(f"  slow {mode}: {result['errors']} errors, e.g. {result['error_samples']}")
+            rows[f"{SLOW_CLIENTS} slow"] = combine([compare(results["direct"], results["relay"])])
+    finally:
+        servers.stop()
+
+    print()
+    print_table(rows)
+    print()
+    print(EXPLANATION)
+    print()
+    failed = 0
+    for clients, (ttft_limit, gap_limit) in TARGETS.items():
+        row = rows.get(str(clients))
+        if row is None:
+            continue
+        for name, value, limit in (("added TTFT p99", row["ttft_add99"], ttft_limit),
+                                   ("added inter-token gap p99", row["gap_add99"], gap_limit)):
+            ok = value <= limit
+            failed += not ok
+            print(f"{'PASS' if ok else 'FAIL'}  {clients} clients x 3 models: {name} {fmt(value)} ms <= {limit:g} ms")
+    errors = sum(int(r["err_d"] + r["err_r"]) for r in rows.values())
+    failed += errors > 0
+    print(f"{'PASS' if errors == 0 else 'FAIL'}  zero errors on every level (both paths): {errors} errors")
+    print(f"total {time.monotonic() - t0:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
