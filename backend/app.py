@@ -29,12 +29,18 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
 
     from backend.catalog import api as catalog_api
+    from backend.catalog import pages as catalog_pages
     from backend.catalog import service as catalog_service
     from backend.health import bp as health_bp
     from backend.inference import api as inference_api
+    from backend.inference import pages as inference_pages
+    from backend.web import bp as web_bp
 
     catalog_service.init_app(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(catalog_api.bp)
     app.register_blueprint(inference_api.bp)
+    app.register_blueprint(web_bp)
+    app.register_blueprint(catalog_pages.bp)
+    app.register_blueprint(inference_pages.bp)
     return app

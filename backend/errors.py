@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def handle_http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         if not _wants_json():
-            return exc
+            return _error_page(exc.code or 500, exc.name, exc.description or exc.name)
         code = (exc.name or "error").lower().replace(" ", "_")
         return jsonify(error_body(code, exc.description or exc.name)), exc.code or 500
 
@@ -62,4 +62,19 @@ def init_app(app: Flask) -> None:
         log.exception("unhandled error on %s %s", request.method, request.path)
         if _wants_json():
             return jsonify(error_body("internal", "internal server error; see logs/app.log")), 500
-        return "Internal server error", 500
+        return _error_page(500, "Internal Server Error",
+                           "Something went wrong on our side. The details are in the server log.")
+
+
+def _error_page(status: int, name: str, message: str):  # type: ignore[no-untyped-def]
+    """A friendly page in the layout, or just a message fragment for an HTMX request; never a trace."""
+    from backend.web import is_htmx_fragment_request
+
+    if is_htmx_fragment_request():
+        # base.html lets HTMX swap 4xx/5xx answers; this one lands in the flash area.
+        response = make_response(render_template("errors/_fragment.html", message=message), status)
+        response.headers["HX-Retarget"] = "#flash"
+        response.headers["HX-Reswap"] = "innerHTML"
+        return response
+    return render_template("errors/error.html", code=status, name=name, message=message), status
+

@@ -393,5 +393,9 @@ def list_runs(app: Flask, *, limit: int, offset: int, model: str | None, text: s
     return {"runs": [run.as_dict() for run in runs], "total": total, "limit": limit, "offset": offset}
 
 
+def recent_runs(limit: int) -> list[InferenceRun]:
+    return list(db.session.scalars(db.select(InferenceRun).order_by(InferenceRun.created_at.desc()).limit(limit)))
+
+
 def get_run(run_id: str) -> InferenceRun | None:
     return db.session.get(InferenceRun, run_id)
