@@ -73,9 +73,9 @@ class AppServer:
                 self.stop()
                 raise RuntimeError(f"gunicorn exited: {self.output()}")
             try:
-                if requests.get(self.url + "/health", timeout=1).ok:
+                if requests.get(self.url + "/health", timeout=2).ok:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or a busy machine
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError("gunicorn did not become ready")

@@ -80,9 +80,9 @@ class SimulatorProcess:
                 raise RuntimeError(f"simulator exited with {self._process.returncode}: {self.log_text()}")
             try:
                 # Any HTTP answer counts: with --api-key this is a 401, and the server is up.
-                requests.get(f"{self.base_url}/models", timeout=1)
+                requests.get(f"{self.base_url}/models", timeout=2)
                 return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or a busy machine
                 time.sleep(0.05)
         raise TimeoutError(f"simulator not answering on port {self.port}: {self.log_text()}")
 

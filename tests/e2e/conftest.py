@@ -1,0 +1,55 @@
+"""Browser tests: Playwright driving Debian's Chromium against the platform under gunicorn."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.conftest import TEST_MODELS
+from tests.support.app_server import AppServer
+from tests.support.simulator import SimulatorProcess
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-quic", "--disable-sync"]
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "output" / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def e2e_app(simulator: SimulatorProcess) -> Iterator[AppServer]:
+    env = {"SIMULATOR_PORT": str(simulator.port), "PEP_CATALOG__MODELS_FILE": TEST_MODELS,
+           "PEP_INFERENCE__MODEL_TIMEOUT_S": "20", "AWS_ENDPOINT_URL_CLOUDFORMATION": "http://127.0.0.1:9"}
+    with AppServer(env=env) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh browser context per test; JavaScript errors on the page fail the test."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def screenshot(page: Page, name: str) -> Path:
+    """Save a full-page screenshot under tests/output/screenshots/ for a person to look at."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{re.sub(r'[^a-z0-9_-]+', '-', name.lower())}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
