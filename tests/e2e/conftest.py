@@ -19,9 +19,21 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "output" / "screenshots"
 
 
+# Slower than the defaults, so that a person (or a test) can watch the columns grow.
+E2E_SIMULATOR_ARGS = ["--profile", "sim-fast:decode_base_ms=40,min_output_tokens=30,max_output_tokens=60",
+                      "--profile", "sim-reasoning:decode_base_ms=40",
+                      "--profile", "sim-vision:decode_base_ms=30"]
+
+
 @pytest.fixture(scope="session")
-def e2e_app(simulator: SimulatorProcess) -> Iterator[AppServer]:
-    env = {"SIMULATOR_PORT": str(simulator.port), "PEP_CATALOG__MODELS_FILE": TEST_MODELS,
+def e2e_simulator() -> Iterator[SimulatorProcess]:
+    with SimulatorProcess(seed=11, extra_args=E2E_SIMULATOR_ARGS) as sim:
+        yield sim
+
+
+@pytest.fixture(scope="session")
+def e2e_app(e2e_simulator: SimulatorProcess) -> Iterator[AppServer]:
+    env = {"SIMULATOR_PORT": str(e2e_simulator.port), "PEP_CATALOG__MODELS_FILE": TEST_MODELS,
            "PEP_INFERENCE__MODEL_TIMEOUT_S": "20", "AWS_ENDPOINT_URL_CLOUDFORMATION": "http://127.0.0.1:9"}
     with AppServer(env=env) as server:
         yield server
