@@ -13,5 +13,13 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# Browser tests drive Debian's Chromium (Playwright's own browser download does not work offline).
+if [ ! -x /usr/bin/chromium ]; then
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
+fi
+
 .venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"
