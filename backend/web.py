@@ -25,7 +25,7 @@ def render(page: str, fragment: str, **context: Any) -> Response:
 def home():  # type: ignore[no-untyped-def]
     from backend.inference import service as inference_service
 
-    recent = inference_service.recent_runs(limit=8)
+    recent = [run.as_dict() for run in inference_service.recent_runs(limit=8)]
     return render_template("home/index.html", recent_runs=recent)
 
 

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, render_template
+from flask import Blueprint, abort, current_app, render_template, request
 
+from backend.catalog.service import get_catalog
 from backend.inference import service
+from backend.web import render
 
 bp = Blueprint("inference_pages", __name__)
 
 
 @bp.get("/playground")
 def playground():  # type: ignore[no-untyped-def]
-    return render_template("placeholder/coming.html", title="Playground", text="The playground is being built.")
+    """The form; the run itself streams from POST /api/v1/multi-inference, driven by static/js/playground.js."""
+    catalog = get_catalog()
+    settings = current_app.config["PEP"]["inference"]
+    limits = {"max_image_bytes": int(settings["max_image_bytes"]), "max_video_bytes": int(settings["max_video_bytes"]),
+              "max_images": int(settings["max_images"]), "max_tokens": int(settings["max_tokens_limit"]),
+              "default_max_tokens": int(settings["default_max_tokens"])}
+    return render_template("inference/playground.html", title="Playground",
+                           models=catalog.describe(catalog.all_specs()), limits=limits)
 
 
 @bp.get("/history")
 def history():  # type: ignore[no-untyped-def]
-    return render_template("placeholder/coming.html", title="History", text="The history page is being built.")
+    limit = min(max(request.args.get("limit", HISTORY_PAGE_SIZE, type=int), 1), HISTORY_MAX_PAGE_SIZE)
+    offset = max(request.args.get("offset", 0, type=int), 0)
+    model = request.args.get("model", "").strip()
+    text = request.args.get("q", "").strip()
+    page = service.list_runs(current_app, limit=limit, offset=offset, model=model or None, text=text or None)
+    names = {spec.key: spec.name for spec in get_catalog().models.values()}
+    return render("inference/history.html", "inference/_runs.html", **page, model=model, q=text,
+                  default_limit=HISTORY_PAGE_SIZE,
+                  model_options=[(key, names.get(key, key)) for key in service.models_in_history()])
 
 
 @bp.get("/history/<run_id>")
@@ -24,4 +41,8 @@ def run_detail(run_id: str):  # type: ignore[no-untyped-def]
     run = service.get_run(run_id)
     if run is None:
         abort(404, description=f"There is no run {run_id}.")
-    return render_template("placeholder/coming.html", title="Run", text=run.prompt)
+    return render_template("inference/run.html", run=run.as_dict())
+
+
+HISTORY_PAGE_SIZE = 25
+HISTORY_MAX_PAGE_SIZE = 200

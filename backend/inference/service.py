@@ -387,7 +387,7 @@ def list_runs(app: Flask, *, limit: int, offset: int, model: str | None, text: s
         query = query.where(InferenceRun.id.in_(
             db.select(InferenceResult.run_id).where(InferenceResult.model == model)))
     if text:
-        query = query.where(InferenceRun.prompt.contains(text))
+        query = query.where(InferenceRun.prompt.contains(text, autoescape=True))
     total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery()))
     runs = db.session.scalars(query.limit(limit).offset(offset)).all()
     return {"runs": [run.as_dict() for run in runs], "total": total, "limit": limit, "offset": offset}
@@ -399,3 +399,8 @@ def recent_runs(limit: int) -> list[InferenceRun]:
 
 def get_run(run_id: str) -> InferenceRun | None:
     return db.session.get(InferenceRun, run_id)
+
+
+def models_in_history() -> list[str]:
+    """Every model key that has a stored result, for the History filter."""
+    return sorted(db.session.scalars(db.select(InferenceResult.model).distinct()))

@@ -25,6 +25,13 @@ E2E_SIMULATOR_ARGS = ["--profile", "sim-fast:decode_base_ms=40,min_output_tokens
                       "--profile", "sim-vision:decode_base_ms=30"]
 
 
+# Whatever the machine has, the browser tests see no AWS account: Bedrock models are unavailable with
+# a reason (and never called for real). Empty values count as unset for botocore.
+NO_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "",
+                      "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+                      "AWS_CONFIG_FILE": "/nonexistent/aws-config", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
 @pytest.fixture(scope="session")
 def e2e_simulator() -> Iterator[SimulatorProcess]:
     with SimulatorProcess(seed=11, extra_args=E2E_SIMULATOR_ARGS) as sim:
@@ -34,7 +41,8 @@ def e2e_simulator() -> Iterator[SimulatorProcess]:
 @pytest.fixture(scope="session")
 def e2e_app(e2e_simulator: SimulatorProcess) -> Iterator[AppServer]:
     env = {"SIMULATOR_PORT": str(e2e_simulator.port), "PEP_CATALOG__MODELS_FILE": TEST_MODELS,
-           "PEP_INFERENCE__MODEL_TIMEOUT_S": "20", "AWS_ENDPOINT_URL_CLOUDFORMATION": "http://127.0.0.1:9"}
+           "PEP_INFERENCE__MODEL_TIMEOUT_S": "20", "AWS_ENDPOINT_URL_CLOUDFORMATION": "http://127.0.0.1:9",
+           **NO_AWS_CREDENTIALS}
     with AppServer(env=env) as server:
         yield server
 

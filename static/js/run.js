@@ -1,0 +1,2 @@
+// The run page: render every stored answer as sanitised Markdown (see markdown.js).
+window.renderMarkdownIn(document);
