@@ -169,7 +169,7 @@ async def _client(spec: dict[str, Any], session: Any, delay: float, logs: list[S
             logs.extend(by_key.values())
             try:
                 await _relay_stream(session, spec["url"], spec["keys"], spec["max_tokens"], by_key)
-            except Exception as exc:  # noqa: BLE001 - every failure is counted, not raised
+            except Exception as exc:  # every failure is counted, not raised
                 for log in by_key.values():
                     log.error = log.error or f"{exc.__class__.__name__}: {exc}"
 
@@ -285,6 +285,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def machine_busy_ticks() -> int:
+    """Busy CPU ticks of the whole machine (everything but idle and iowait), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
 def rss_mb(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -374,6 +381,7 @@ def run_phase(servers: Servers, mode: str, clients: int, requests_per_client: in
     workers = servers.workers()
     cpu_before = cpu_seconds(workers)
     sim_before = cpu_seconds([servers.sim.pid])
+    box_before = machine_busy_ticks()
     started = time.monotonic()
     proc = subprocess.Popen([str(PYTHON), __file__, "--loadgen", json.dumps(spec)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -392,6 +400,7 @@ def run_phase(servers: Servers, mode: str, clients: int, requests_per_client: in
     relay_cpu = cpu_seconds(workers) - cpu_before
     result.update(mode=mode, clients=clients, relay_cpu_s=relay_cpu, relay_cores=relay_cpu / wall,
                   sim_cores=(cpu_seconds([servers.sim.pid]) - sim_before) / wall, rss_mb=peak_rss,
+                  box_cores=(machine_busy_ticks() - box_before) / _TICK / wall,
                   relay_us_per_token=relay_cpu / result["tokens"] * 1e6 if result["tokens"] else float("nan"))
     return result
 
@@ -415,6 +424,7 @@ def compare(direct: dict[str, Any], relay: dict[str, Any]) -> dict[str, float]:
         "err_d": direct["errors"], "err_r": relay["errors"],
         "relay_cores": relay["relay_cores"], "us_tok": relay["relay_us_per_token"],
         "rss": relay["rss_mb"], "sim_d": direct["sim_cores"], "sim_r": relay["sim_cores"],
+        "box_d": direct["box_cores"], "box_r": relay["box_cores"],
         "lg_d": direct["loadgen_cpu_s"] / direct["wall_s"], "lg_r": relay["loadgen_cpu_s"] / relay["wall_s"],
     }
 
@@ -435,7 +445,8 @@ def fmt(value: float, digits: int = 1) -> str:
 def print_table(rows: dict[str, dict[str, float]]) -> None:
     header = (f"{'clients':>9} {'rep':>3} | {'TTFT d p50/p99':>15} {'TTFT r p50/p99':>15} {'+TTFT p50/p99':>14} | "
               f"{'+tok p50/p99':>12} | {'gap d p50/p99':>13} {'gap r p50/p99':>13} {'+gap p99':>8} | "
-              f"{'err d/r':>7} | {'relay cpu':>9} {'us/tok':>6} {'RSS MB':>6} | {'sim cpu d/r':>11} {'lg cpu d/r':>10}")
+              f"{'err d/r':>7} | {'relay cpu':>9} {'us/tok':>6} {'RSS MB':>6} | {'sim cpu d/r':>11} {'lg cpu d/r':>10} "
+              f"{'box d/r':>9}")
     print(header)
     print("-" * len(header))
     for label, r in rows.items():
@@ -446,7 +457,8 @@ def print_table(rows: dict[str, dict[str, float]]) -> None:
               f"{fmt(r['gap_d50']):>6}/{fmt(r['gap_d99']):<6} {fmt(r['gap_r50']):>6}/{fmt(r['gap_r99']):<6} "
               f"{fmt(r['gap_add99']):>8} | {int(r['err_d']):>3}/{int(r['err_r']):<3} | "
               f"{fmt(r['relay_cores'], 2):>9} {fmt(r['us_tok']):>6} {fmt(r['rss'], 0):>6} | "
-              f"{fmt(r['sim_d'], 2):>5}/{fmt(r['sim_r'], 2):<5} {fmt(r['lg_d'], 2):>4}/{fmt(r['lg_r'], 2):<5}")
+              f"{fmt(r['sim_d'], 2):>5}/{fmt(r['sim_r'], 2):<5} {fmt(r['lg_d'], 2):>4}/{fmt(r['lg_r'], 2):<5} "
+              f"{fmt(r['box_d'], 2):>4}/{fmt(r['box_r'], 2):<4}")
 
 
 EXPLANATION = """\
@@ -457,7 +469,8 @@ TTFT: first token's arrival at the client minus the moment the client sent its r
   (how much later a token reaches the user through the relay, the TTFT offset included).
 gap: time between consecutive tokens of one model stream at the client (tokens merged into one write count as 0).
 relay cpu: gunicorn workers' CPU seconds / wall seconds in the relay phase (cores); us/tok: those CPU seconds
-  per relayed token; RSS: peak sum over workers. sim/lg cpu: simulator and load generator cores per phase.
+  per relayed token; RSS: peak sum over workers. sim/lg cpu: simulator and load generator cores per phase;
+  box: busy cores of the whole machine in the phase (of 2), other people's work included.
 Each row is the median over repeats of in-run pairs; errors are summed over repeats."""
 
 
@@ -477,14 +490,15 @@ def main() -> int:
     levels = [int(x) for x in args.levels.split(",")] if args.levels else (
         [1, 10, 50] if args.quick else [1, 10, 50, 100, 200])
     slow = not (args.quick or args.no_slow)
-    cpu_model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                      if line.startswith("model name")), "unknown")
+    with open("/proc/cpuinfo") as f:
+        cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
     servers = Servers(args.workers, not args.no_pin)
     t0 = time.monotonic()
     try:
         servers.start()
         print(f"machine: {os.cpu_count()} cores ({cpu_model}); gunicorn workers: {len(servers.workers())} "
-              f"(pinned: {not args.no_pin}, pids {servers.workers()}); simulator :{servers.sim_port}, relay :{servers.web_port}; "
+              f"(pinned: {not args.no_pin}, pids {servers.workers()}); "
+              f"simulator :{servers.sim_port}, relay :{servers.web_port}; "
               f"tmp {servers.tmp}", flush=True)
         run_phase(servers, "relay", 2, 1)  # warm-up: imports, first connections, the database file
         run_phase(servers, "direct", 2, 1)

@@ -1,21 +1,21 @@
 """OpenAI-compatible chat completions (vLLM, SGLang, EMD's router, the simulator, any manual URL).
 
-Streaming is the hot path of the relay: one ``requests`` session per call (a shared pool costs a scan
-per request at thousands of streams), raw chunks read as they arrive, and a small SSE splitter that
-only looks at ``data:`` lines, which is all the OpenAI stream uses. Per relayed token that is one
-``json.loads`` and a few slices.
+Streaming is the hot path of the relay: one small ``http.client`` connection per call, the body read
+as it arrives, and a small SSE splitter that only looks at ``data:`` lines, which is all the OpenAI
+stream uses. Per relayed token that is one ``json.loads`` and a few slices.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import socket
+import ssl
 from collections.abc import Iterable, Iterator
 from typing import Any
-
-import requests
+from urllib.parse import urlsplit
 
 from backend.providers.base import (
     Cancellation,
@@ -87,92 +87,99 @@ def iter_sse_data(chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield b"\n".join(data_lines)
 
 
-def _error_message(response: requests.Response) -> str:
-    try:
-        raw = response.raw.read(_ERROR_BODY_LIMIT, decode_content=True) or b""
-    except Exception:
-        raw = b""
+def _error_message(status: int, raw: bytes, reason: str) -> str:
     text = raw.decode("utf-8", "replace").strip()
     try:
         body = json.loads(text)
     except ValueError:
-        return f"HTTP {response.status_code}: {text[:300] or response.reason}"
+        return f"HTTP {status}: {text[:300] or reason}"
     if isinstance(body, dict):
         error = body.get("error", body)
         if isinstance(error, dict):
             message = error.get("message") or error.get("detail") or json.dumps(error)[:300]
         else:
             message = str(error)
-        return f"HTTP {response.status_code}: {message}"
-    return f"HTTP {response.status_code}: {text[:300]}"
+        return f"HTTP {status}: {message}"
+    return f"HTTP {status}: {text[:300]}"
 
 
-def _shutdown(response: requests.Response) -> None:
+_TLS = ssl.create_default_context()  # loading the CA bundle costs milliseconds: once per process
+
+
+def _open(url: str, connect_timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port, timeout=connect_timeout_s, context=_TLS)
+    else:
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=connect_timeout_s)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return connection, path
+
+
+def _shutdown(connection: http.client.HTTPConnection) -> None:
     """Wake a reader blocked in recv() from another thread: close() alone does not, shutdown() does."""
-    connection = getattr(response.raw, "_connection", None)
-    sock = getattr(connection, "sock", None)
+    sock = connection.sock
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-    response.close()
 
 
-def _chunks(response: requests.Response) -> Iterator[bytes]:
-    raw = response.raw
-    if raw.chunked and raw.supports_chunked_reads():
-        yield from raw.read_chunked(None, decode_content=True)
-        return
-    # Content-Length or close-delimited bodies: read what has arrived, not the whole body.
-    while True:
-        data = raw.read1(65536) if hasattr(raw, "read1") else raw.read(1024)
-        if not data:
-            return
+def _chunks(response: http.client.HTTPResponse) -> Iterator[bytes]:
+    """The body as it arrives: read1 returns what one chunk (or the socket) has, never waits for all."""
+    read1 = response.read1
+    while data := read1(65536):
         yield data
 
 
 def stream(target: Target, request: ChatRequest, cancel: Cancellation) -> Iterator[StreamEvent]:
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    """One chat completion over a plain ``http.client`` connection of its own.
+
+    A connection per call costs far less than a ``requests`` session (measured: ~1 ms of CPU per call
+    there), and one shared pool would be scanned on every open and close. Proxy variables are not used:
+    model endpoints are reached directly.
+    """
+    url = target.chat_url
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if request.stream else
+               "application/json"}
     if target.api_key:
         headers["Authorization"] = f"Bearer {target.api_key}"
-    session = requests.Session()
-    cancel.on_cancel(session.close)
+    body = json.dumps(build_body(target, request)).encode()
+    connection, path = _open(url, request.connect_timeout_s)
+    cancel.on_cancel(lambda: _shutdown(connection))
     try:
         try:
-            response = session.post(
-                target.chat_url,
-                data=json.dumps(build_body(target, request)),
-                headers=headers,
-                stream=True,
-                timeout=(request.connect_timeout_s, request.read_timeout_s),
-            )
-        except requests.ConnectTimeout as exc:
-            raise ProviderError("timeout", f"connecting to {target.chat_url} timed out") from exc
-        except requests.ReadTimeout as exc:
-            raise ProviderError("timeout", f"no answer from {target.chat_url} in {request.read_timeout_s:g} s") from exc
-        except requests.ConnectionError as exc:
+            connection.connect()
+        except TimeoutError as exc:
+            raise ProviderError("timeout", f"connecting to {url} timed out") from exc
+        except OSError as exc:
             if cancel.is_set():
                 raise ProviderError("cancelled", "cancelled") from exc
-            raise ProviderError("upstream", f"cannot connect to {target.chat_url}") from exc
-        cancel.on_cancel(lambda: _shutdown(response))
-        with response:
-            if response.status_code >= 400:
-                raise ProviderError(code_for_status(response.status_code), _error_message(response),
-                                    status=response.status_code)
-            if request.stream:
-                yield from _stream_events(response, cancel, target)
-            else:
-                yield from _whole_answer(response, target)
-    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, OSError) as exc:
+            raise ProviderError("upstream", f"cannot connect to {url} ({exc.strerror or exc})") from exc
+        connection.sock.settimeout(request.read_timeout_s)
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        if response.status >= 400:
+            raise ProviderError(code_for_status(response.status),
+                                _error_message(response.status, response.read(_ERROR_BODY_LIMIT), response.reason),
+                                status=response.status)
+        if request.stream:
+            yield from _stream_events(response, cancel, target)
+        else:
+            yield from _whole_answer(response, target)
+    except TimeoutError as exc:
         if cancel.is_set():
             return
-        if isinstance(exc, requests.ReadTimeout) or "timed out" in str(exc):
-            raise ProviderError("timeout", f"no data from {target.chat_url} for {request.read_timeout_s:g} s") from exc
-        raise ProviderError("upstream", f"connection to {target.chat_url} broke: {exc.__class__.__name__}") from exc
+        raise ProviderError("timeout", f"no data from {url} for {request.read_timeout_s:g} s") from exc
+    except (OSError, http.client.HTTPException) as exc:
+        if cancel.is_set():
+            return
+        raise ProviderError("upstream", f"connection to {url} broke: {exc.__class__.__name__}") from exc
     finally:
-        session.close()
+        connection.close()
 
 
-def _stream_events(response: requests.Response, cancel: Cancellation, target: Target) -> Iterator[StreamEvent]:
+def _stream_events(response: http.client.HTTPResponse, cancel: Cancellation, target: Target) -> Iterator[StreamEvent]:
     loads = json.loads
     finish_reason: str | None = None
     usage: Usage | None = None
@@ -209,9 +216,9 @@ def _stream_events(response: requests.Response, cancel: Cancellation, target: Ta
     yield Done(finish_reason)
 
 
-def _whole_answer(response: requests.Response, target: Target) -> Iterator[StreamEvent]:
+def _whole_answer(response: http.client.HTTPResponse, target: Target) -> Iterator[StreamEvent]:
     try:
-        body = response.json()
+        body = json.loads(response.read())
         choice = body["choices"][0]
         message = choice.get("message") or {}
     except (ValueError, KeyError, IndexError, TypeError) as exc:
