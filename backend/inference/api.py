@@ -26,7 +26,9 @@ def _plan(body: InferenceBody) -> service.Plan:
 
 def _event_stream(plan: service.Plan) -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return Response(service.relay(plan, get_catalog(), app), headers=SSE_HEADERS, direct_passthrough=True)
+    client_socket = request.environ.get("gunicorn.socket")
+    return Response(service.relay(plan, get_catalog(), app, client_socket), headers=SSE_HEADERS,
+                    direct_passthrough=True)
 
 
 @bp.post("/multi-inference")

@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
+from sqlalchemy import insert, update
 
 from backend.catalog.registry import ModelSpec
 from backend.catalog.service import Catalog
 from backend.db import db
 from backend.errors import ApiError
-from backend.inference.media import MediaError, decode_image, sample_video_frames
+from backend.inference.disconnect import watch_for_departure
+from backend.inference.media import MediaError, decode_base64, decode_image, sample_video_frames
 from backend.inference.models import InferenceResult, InferenceRun
 from backend.inference.schema import InferenceBody
 from backend.providers import provider_for
@@ -46,7 +48,7 @@ from backend.sse import PING, sse_event, sse_frame_prefix
 log = logging.getLogger(__name__)
 
 _END = object()  # a pump's last item
-_DRAIN_LIMIT = 512  # queue items merged into one write at most
+_CLIENT_GONE = object()  # the watcher saw the client close its connection
 
 
 @dataclass
@@ -107,8 +109,6 @@ def _media(body: InferenceBody, settings: dict[str, Any]) -> tuple[list[Image], 
             raise ApiError(str(exc), field=f"images[{index}]") from None
     info: dict[str, Any] = {"images": [{"mime": i.mime, "bytes": len(i.data)} for i in images]}
     if body.video is not None:
-        from backend.inference.media import decode_base64
-
         try:
             data = decode_base64(body.video, max_bytes=int(settings["max_video_bytes"]), what="video")
             frames = sample_video_frames(data, frames=int(settings["video_frames"]))
@@ -223,7 +223,35 @@ class ModelState:
         }
 
 
-def _pump(state: ModelState, catalog: Catalog, out: queue.SimpleQueue) -> None:
+class _Mailbox:
+    """Pumps append, the relay takes everything waiting at once: one wake-up for many tokens.
+
+    Cheaper per token than a queue (no lock and notify per item under gevent), and what is taken
+    together goes out in one write.
+    """
+
+    __slots__ = ("_items", "_ready")
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Any, Any]] = deque()
+        self._ready = threading.Event()
+
+    def put(self, item: tuple[Any, Any]) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    def take_all(self, timeout: float) -> list[tuple[Any, Any]]:
+        if not self._items:
+            self._ready.wait(timeout)
+        self._ready.clear()  # before draining: an item put after this sets it again
+        items = []
+        popleft = self._items.popleft
+        while self._items:
+            items.append(popleft())
+        return items
+
+
+def _pump(state: ModelState, catalog: Catalog, out: _Mailbox) -> None:
     planned = state.planned
     put = out.put
     try:
@@ -241,93 +269,88 @@ def _pump(state: ModelState, catalog: Catalog, out: queue.SimpleQueue) -> None:
         put((state, _END))
 
 
-def relay(plan: Plan, catalog: Catalog, app: Flask) -> Iterator[bytes]:
-    """The SSE stream of a run: run, delta/reasoning, model_done/model_error per model, done."""
+def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -> Iterator[bytes]:
+    """The SSE stream of a run: run, delta/reasoning, model_done/model_error per model, done.
+
+    ``client_socket`` (gunicorn's, when there is one) is watched so that a client who leaves is noticed
+    at once, not only when the next write fails.
+    """
     _store_run_start(app, plan)
-    out: queue.SimpleQueue = queue.SimpleQueue()
+    mailbox = _Mailbox()
     states = [ModelState(planned) for planned in plan.models]
     delta_prefix = {id(s): sse_frame_prefix("delta", {"model": s.planned.key}, "text") for s in states}
     reasoning_prefix = {id(s): sse_frame_prefix("reasoning", {"model": s.planned.key}, "text") for s in states}
     dumps = json.JSONEncoder(ensure_ascii=False).encode
+    perf_counter = time.perf_counter
     remaining = len(states)
+    stop_watching = watch_for_departure(client_socket, lambda: mailbox.put((None, _CLIENT_GONE)))
     try:
-        yield PING  # headers leave now, not with the first token
-        yield sse_event("run", {"run_id": plan.run_id,
-                                "targets": [{"model": p.key, "name": p.name, "provider": p.provider}
-                                            for p in plan.models]})
-        now = time.perf_counter()
+        # Headers and the run's identity leave now, in one write, not with the first token.
+        yield PING + sse_event("run", {"run_id": plan.run_id,
+                                       "targets": [{"model": p.key, "name": p.name, "provider": p.provider}
+                                                   for p in plan.models]})
+        now = perf_counter()
         for state in states:
             state.started = now
-            threading.Thread(target=_pump, args=(state, catalog, out), daemon=True,
+            threading.Thread(target=_pump, args=(state, catalog, mailbox), daemon=True,
                              name=f"pump-{state.planned.key}").start()
         deadline = now + plan.model_timeout_s
         last_write = now
         while remaining:
-            now = time.perf_counter()
-            wait = min(last_write + plan.heartbeat_s, deadline) - now
-            try:
-                item = out.get(timeout=max(wait, 0.0))
-            except queue.Empty:
-                now = time.perf_counter()
-                if now >= deadline:
-                    frames = []
-                    for state in states:
-                        if not state.finished:
-                            state.error = ProviderError(
-                                "timeout", f"no complete answer within {plan.model_timeout_s:g} s")
-                            state.cancel.cancel()
-                            frames.append(_finish(state, now))
-                            remaining -= 1
-                    yield b"".join(frames)
-                else:
-                    yield PING
-                last_write = time.perf_counter()
-                continue
+            items = mailbox.take_all(max(min(last_write + plan.heartbeat_s, deadline) - perf_counter(), 0.0))
             frames = []
-            # Merge whatever else is already waiting into the same write.
-            for _ in range(_DRAIN_LIMIT):
-                state, event = item
-                if not state.finished:
-                    event_type = type(event)
-                    if event_type is Delta:
-                        if state.first_token is None:
-                            state.first_token = time.perf_counter()
-                        state.chunks += 1
-                        state.output.append(event.text)
-                        frames.append(delta_prefix[id(state)] + dumps(event.text).encode() + b"}\n\n")
-                    elif event_type is Reasoning:
-                        if state.first_token is None:
-                            state.first_token = time.perf_counter()
-                        state.reasoning.append(event.text)
-                        frames.append(reasoning_prefix[id(state)] + dumps(event.text).encode() + b"}\n\n")
-                    elif event_type is Usage:
-                        state.usage = event
-                    elif event_type is Done:
-                        state.finish_reason = event.finish_reason
-                    elif isinstance(event, ProviderError):
-                        state.error = event
-                    elif event is _END:
-                        frames.append(_finish(state, time.perf_counter()))
+            for state, event in items:
+                if event is _CLIENT_GONE:
+                    return
+                if state.finished:
+                    continue
+                event_type = type(event)
+                if event_type is Delta:
+                    if state.first_token is None:
+                        state.first_token = perf_counter()
+                    state.chunks += 1
+                    state.output.append(event.text)
+                    frames.append(delta_prefix[id(state)] + dumps(event.text).encode() + b"}\n\n")
+                elif event_type is Reasoning:
+                    if state.first_token is None:
+                        state.first_token = perf_counter()
+                    state.reasoning.append(event.text)
+                    frames.append(reasoning_prefix[id(state)] + dumps(event.text).encode() + b"}\n\n")
+                elif event_type is Usage:
+                    state.usage = event
+                elif event_type is Done:
+                    state.finish_reason = event.finish_reason
+                elif event_type is ProviderError:
+                    state.error = event
+                elif event is _END:
+                    frames.append(_finish(state, perf_counter()))
+                    remaining -= 1
+            now = perf_counter()
+            if remaining and now >= deadline:
+                for state in states:
+                    if not state.finished:
+                        state.error = ProviderError("timeout", f"no complete answer within {plan.model_timeout_s:g} s")
+                        state.cancel.cancel()
+                        frames.append(_finish(state, now))
                         remaining -= 1
-                try:
-                    item = out.get_nowait()
-                except queue.Empty:
-                    break
-            else:
-                out.put(item)  # drained enough for one write; keep the rest in order
             if frames:
-                yield b"".join(frames)
-                last_write = time.perf_counter()
+                yield b"".join(frames)  # everything that arrived together leaves in one write
+                last_write = now
+            elif now - last_write >= plan.heartbeat_s:
+                yield PING
+                last_write = now
         succeeded = sum(1 for s in states if s.error is None)
         yield sse_event("done", {"run_id": plan.run_id, "succeeded": succeeded, "failed": len(states) - succeeded})
     finally:
-        # The client went away (GeneratorExit), a bug, or the end: stop every upstream call still open.
+        # The client went away (GeneratorExit or the watcher), a bug, or the end: stop every upstream call.
+        if stop_watching is not None:
+            stop_watching()
         for state in states:
             if not state.finished:
                 state.cancel.cancel()
                 state.error = state.error or ProviderError("cancelled", "the client disconnected")
                 state.finished = True
-                state.ended = time.perf_counter()
+                state.ended = perf_counter()
         _store_run_end(app, plan, states)
 
 
@@ -353,30 +376,29 @@ def collect(plan: Plan, catalog: Catalog, app: Flask) -> dict[str, Any]:
 
 
 def _store_run_start(app: Flask, plan: Plan) -> None:
-    with app.app_context():
-        db.session.add(InferenceRun(id=plan.run_id, prompt=plan.prompt, system=plan.system,
-                                    params=plan.params, models=[p.key for p in plan.models]))
-        db.session.commit()
+    # Core statements, not the ORM unit of work: this runs on the relay's event loop for every request.
+    with app.app_context(), db.engine.begin() as connection:
+        connection.execute(insert(InferenceRun.__table__).values(
+            id=plan.run_id, created_at=datetime.now(UTC), status="running", prompt=plan.prompt,
+            system=plan.system, params=plan.params, models=[p.key for p in plan.models]))
 
 
 def _store_run_end(app: Flask, plan: Plan, states: list[ModelState]) -> None:
+    rows = []
+    for position, state in enumerate(states):
+        error = state.error
+        status = "completed" if error is None else ("cancelled" if error.code == "cancelled" else "failed")
+        rows.append({
+            "run_id": plan.run_id, "position": position, "model": state.planned.key,
+            "display_name": state.planned.name, "provider": state.planned.provider, "status": status,
+            "output": "".join(state.output), "reasoning": "".join(state.reasoning),
+            "error_code": error.code if error else None, "error_message": error.message if error else None,
+            **state.metrics()})
     try:
-        with app.app_context():
-            run = db.session.get(InferenceRun, plan.run_id)
-            if run is None:
-                return
-            for position, state in enumerate(states):
-                metrics = state.metrics()
-                error = state.error
-                status = "completed" if error is None else ("cancelled" if error.code == "cancelled" else "failed")
-                db.session.add(InferenceResult(
-                    run_id=run.id, position=position, model=state.planned.key, display_name=state.planned.name,
-                    provider=state.planned.provider, status=status, output="".join(state.output),
-                    reasoning="".join(state.reasoning), error_code=error.code if error else None,
-                    error_message=error.message if error else None, **metrics))
-            run.status = "completed"
-            run.finished_at = datetime.now(UTC)
-            db.session.commit()
+        with app.app_context(), db.engine.begin() as connection:
+            connection.execute(insert(InferenceResult.__table__), rows)
+            connection.execute(update(InferenceRun.__table__).where(InferenceRun.__table__.c.id == plan.run_id)
+                               .values(status="completed", finished_at=datetime.now(UTC)))
     except Exception:  # storing must never break the stream; the run row says "running" then
         log.exception("could not store the results of run %s", plan.run_id)
 

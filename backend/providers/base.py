@@ -40,7 +40,7 @@ class ChatRequest:
     temperature: float | None = None
     stream: bool = True  # False asks an OpenAI-compatible server for one whole answer
     connect_timeout_s: float = 5.0
-    read_timeout_s: float = 120.0
+    read_timeout_s: float = 120.0  # waiting for the answer to start; callers bound the stream itself
 
 
 @dataclass(frozen=True, slots=True)

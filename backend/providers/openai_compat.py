@@ -164,6 +164,9 @@ def stream(target: Target, request: ChatRequest, cancel: Cancellation) -> Iterat
                                 _error_message(response.status, response.read(_ERROR_BODY_LIMIT), response.reason),
                                 status=response.status)
         if request.stream:
+            # From here the caller's deadline (a Cancellation) bounds the stream: a socket timeout would
+            # cost a timer per read, per token, on the relay's hot path.
+            connection.sock.settimeout(None)
             yield from _stream_events(response, cancel, target)
         else:
             yield from _whole_answer(response, target)
