@@ -21,6 +21,7 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import insert, update
+from sqlalchemy.orm import selectinload
 
 from backend.catalog.registry import ModelSpec
 from backend.catalog.service import Catalog
@@ -411,12 +412,13 @@ def list_runs(app: Flask, *, limit: int, offset: int, model: str | None, text: s
     if text:
         query = query.where(InferenceRun.prompt.contains(text, autoescape=True))
     total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery()))
-    runs = db.session.scalars(query.limit(limit).offset(offset)).all()
+    runs = db.session.scalars(query.options(selectinload(InferenceRun.results)).limit(limit).offset(offset)).all()
     return {"runs": [run.as_dict() for run in runs], "total": total, "limit": limit, "offset": offset}
 
 
 def recent_runs(limit: int) -> list[InferenceRun]:
-    return list(db.session.scalars(db.select(InferenceRun).order_by(InferenceRun.created_at.desc()).limit(limit)))
+    query = db.select(InferenceRun).options(selectinload(InferenceRun.results))
+    return list(db.session.scalars(query.order_by(InferenceRun.created_at.desc()).limit(limit)))
 
 
 def get_run(run_id: str) -> InferenceRun | None:
