@@ -34,12 +34,14 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from backend.health import bp as health_bp
     from backend.inference import api as inference_api
     from backend.inference import pages as inference_pages
+    from backend.stress import api as stress_api
     from backend.web import bp as web_bp
 
     catalog_service.init_app(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(catalog_api.bp)
     app.register_blueprint(inference_api.bp)
+    app.register_blueprint(stress_api.bp)
     app.register_blueprint(web_bp)
     app.register_blueprint(catalog_pages.bp)
     app.register_blueprint(inference_pages.bp)

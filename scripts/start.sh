@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up and run the platform on this machine: venv, dependencies, migrations, the model simulator
-# and gunicorn. PORT (5000), SIMULATOR_PORT (8001) and HOST (127.0.0.1) choose where; Ctrl-C stops all.
+# Set up and run the platform on this machine: venv, dependencies, migrations, the model simulator,
+# gunicorn and the stress-test worker (python -m backend.stress.worker).
+# PORT (5000), SIMULATOR_PORT (8001) and HOST (127.0.0.1) choose where; Ctrl-C stops all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,9 @@ trap cleanup INT TERM EXIT
 .venv/bin/python -m backend.simulator --host 127.0.0.1 --port "$SIMULATOR_PORT" >>logs/simulator.log 2>&1 &
 pids+=($!)
 .venv/bin/gunicorn --config config/gunicorn.conf.py &
+pids+=($!)
+# The stress-test worker: runs evalscope jobs; on TERM it stops them (finished levels kept).
+.venv/bin/python -m backend.stress.worker >>logs/stress-worker.log 2>&1 &
 pids+=($!)
 
 for _ in $(seq 1 100); do

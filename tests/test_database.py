@@ -13,7 +13,8 @@ def test_migrations_build_an_empty_database(app: Flask, tmp_path: Path) -> None:
         version = connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
         journal = connection.execute("PRAGMA journal_mode").fetchone()[0]
     assert {"inference_runs", "inference_results", "alembic_version"} <= tables
-    assert version == "0001_inference_runs"
+    assert {"stress_jobs", "stress_levels", "stress_samples", "stress_datasets", "stress_workers"} <= tables
+    assert version == "0002_stress_jobs"
     assert journal == "wal"
 
 

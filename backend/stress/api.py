@@ -1,0 +1,105 @@
+"""/api/v1/stress-tests: create, list, read, cancel, delete, follow (SSE), log tail, presets, datasets."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from backend.catalog.service import get_catalog
+from backend.errors import ApiError
+from backend.inference.schema import parse_body
+from backend.sse import SSE_HEADERS
+from backend.stress import datasets, service
+from backend.stress.params import PRESETS, StressParams
+
+bp = Blueprint("stress_api", __name__, url_prefix="/api/v1/stress-tests")
+
+MAX_LOG_LINES = 5000
+
+
+def _settings() -> dict:
+    return current_app.config["PEP"]["stress"]
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(f"{name}: must be an integer", field=name) from None
+    if not low <= value <= high:
+        raise ApiError(f"{name}: must be between {low} and {high}", field=name)
+    return value
+
+
+@bp.post("")
+def create():  # type: ignore[no-untyped-def]
+    raw = request.get_json(silent=True)
+    if raw is None:
+        raise ApiError("the request body must be JSON (Content-Type: application/json)", field="body")
+    body = parse_body(raw, StressParams)
+    job = service.create_job(body, get_catalog(), current_app.config["PEP"])
+    return jsonify(service.job_dict(job, _settings())), 201
+
+
+@bp.get("")
+def list_jobs():  # type: ignore[no-untyped-def]
+    return jsonify(service.list_jobs(_settings(), status=request.args.get("status") or None,
+                                     model=request.args.get("model") or None,
+                                     limit=_int_arg("limit", 50, 1, 500), offset=_int_arg("offset", 0, 0, 10**9)))
+
+
+@bp.get("/presets")
+def presets():  # type: ignore[no-untyped-def]
+    return jsonify({"presets": PRESETS})
+
+
+@bp.get("/datasets")
+def list_datasets():  # type: ignore[no-untyped-def]
+    return jsonify({"datasets": datasets.list_datasets(), "formats": list(datasets.FORMATS),
+                    "max_bytes": int(_settings()["max_dataset_bytes"])})
+
+
+@bp.post("/datasets")
+def upload_dataset():  # type: ignore[no-untyped-def]
+    upload = request.files.get("file")
+    if upload is None:
+        raise ApiError("file: send the dataset as multipart/form-data field 'file'", field="file")
+    dataset = datasets.save_upload(upload.stream, upload.filename, request.form.get("format", ""), _settings())
+    return jsonify(dataset.as_dict()), 201
+
+
+@bp.get("/<job_id>")
+def get_job(job_id: str):  # type: ignore[no-untyped-def]
+    return jsonify(service.job_dict(service.get_job(job_id), _settings()))
+
+
+@bp.post("/<job_id>/cancel")
+def cancel(job_id: str):  # type: ignore[no-untyped-def]
+    job = service.cancel_job(job_id)
+    return jsonify(service.job_dict(job, _settings())), 202 if not job.is_finished else 200
+
+
+@bp.delete("/<job_id>")
+def delete(job_id: str):  # type: ignore[no-untyped-def]
+    service.delete_job(job_id, _settings())
+    return "", 204
+
+
+@bp.get("/<job_id>/log")
+def log(job_id: str):  # type: ignore[no-untyped-def]
+    lines = service.log_tail(job_id, _settings(), _int_arg("lines", 200, 1, MAX_LOG_LINES))
+    if request.args.get("format") == "json":
+        return jsonify({"id": job_id, "lines": lines})
+    return Response("\n".join(lines) + ("\n" if lines else ""), mimetype="text/plain")
+
+
+@bp.get("/<job_id>/events")
+def events(job_id: str):  # type: ignore[no-untyped-def]
+    service.get_job(job_id)  # 404 before the stream starts
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    settings = _settings()
+    stream = service.follow(app, job_id, poll_s=float(settings["sse_poll_s"]),
+                            heartbeat_s=float(settings["heartbeat_s"]))
+    return Response(stream, headers=SSE_HEADERS, direct_passthrough=True)

@@ -1,0 +1,139 @@
+"""The ``evalscope perf`` argument list for a job (never a shell string) and where its files go.
+
+Every value that came from a request is passed as ``--flag=value`` so that a value starting with ``-``
+cannot become an option, and the prompt is passed as ``@file`` (a file we write in the job's output
+directory) because evalscope reads ``--prompt @path`` as a file name: a prompt typed as ``@/etc/passwd``
+must never make it read a server file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backend.config import resolve_path
+
+# The module that runs evalscope's CLI. Ours registers the Bedrock API plugin, applies the measurement
+# fixes and reads the key from PEP_TARGET_API_KEY; plain evalscope ("evalscope.cli.cli") is the fallback
+# while ours is absent (OpenAI-compatible targets without a key only).
+ENTRY_MODULE = "backend.stress.evalscope_entry"
+FALLBACK_ENTRY_MODULE = "evalscope.cli.cli"
+
+
+class CommandError(RuntimeError):
+    """The job cannot be turned into a command (missing plugin, missing file)."""
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """Everything on disk for one job, derived from its id and the configured roots only."""
+
+    outputs_root: Path
+    logs_root: Path
+    job_id: str
+
+    @property
+    def output_dir(self) -> Path:  # --outputs-dir
+        return self.outputs_root / self.job_id
+
+    @property
+    def run_dir(self) -> Path:  # evalscope writes <outputs-dir>/<--name>/
+        return self.output_dir / self.job_id
+
+    @property
+    def log_path(self) -> Path:
+        return self.logs_root / f"{self.job_id}.log"
+
+    @property
+    def prompt_path(self) -> Path:
+        return self.output_dir / "prompt.txt"
+
+    @property
+    def progress_path(self) -> Path:
+        return self.run_dir / "progress.json"
+
+    def level_dir(self, concurrency: int, requests: int) -> Path:
+        return self.run_dir / f"parallel_{concurrency}_number_{requests}"
+
+
+def job_paths(settings: dict[str, Any], job_id: str) -> JobPaths:
+    if not job_id.isalnum():
+        raise ValueError(f"bad job id {job_id!r}")
+    return JobPaths(resolve_path(settings["outputs_dir"]).resolve(), resolve_path(settings["logs_dir"]).resolve(),
+                    job_id)
+
+
+def entry_module() -> str:
+    return ENTRY_MODULE if importlib.util.find_spec(ENTRY_MODULE) is not None else FALLBACK_ENTRY_MODULE
+
+
+def uses_our_entry() -> bool:
+    return entry_module() == ENTRY_MODULE
+
+
+def _bedrock_args(model_id: str, region: str | None) -> list[str]:
+    try:
+        module = importlib.import_module(ENTRY_MODULE)
+        bedrock_args = module.bedrock_args
+    except (ImportError, AttributeError) as exc:
+        raise CommandError(f"Bedrock stress tests need {ENTRY_MODULE}.bedrock_args (the evalscope Bedrock "
+                           f"plugin), which is not available: {exc}") from None
+    try:
+        return list(bedrock_args(model_id, region or ""))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def dataset_path(settings: dict[str, Any], dataset_id: str, dataset_format: str) -> Path:
+    from backend.stress.datasets import stored_path
+
+    return stored_path(settings, dataset_id, dataset_format)
+
+
+def build_command(*, job_id: str, target: dict[str, Any], params: dict[str, Any], settings: dict[str, Any],
+                  tokenizer_dir: Path | None = None, dataset_file: Path | None = None) -> list[str]:
+    paths = job_paths(settings, job_id)
+    levels = [int(level) for level in params["concurrency"]]
+    counts = [int(count) for count in params["requests"]]
+    args = [sys.executable, "-m", entry_module(), "perf", f"--model={target['model_id']}"]
+    if target["provider"] == "bedrock":
+        args += _bedrock_args(target["model_id"], target.get("region"))
+    else:
+        args += [f"--url={target['chat_url']}", "--api=openai"]
+    args += ["--parallel", *map(str, levels), "--number", *map(str, counts)]
+    args += [f"--max-tokens={int(params['output_tokens'])}"]
+    if params.get("exact_output_tokens"):
+        args += [f"--min-tokens={int(params['output_tokens'])}"]
+
+    dataset = params["dataset"]
+    if dataset == "prompt":
+        args += [f"--prompt=@{paths.prompt_path}"]
+    else:
+        args += [f"--dataset={dataset}"]
+    if dataset in ("random", "random_vl"):
+        tokens = int(params["input_tokens"])
+        args += [f"--min-prompt-length={tokens}", f"--max-prompt-length={tokens}"]
+    if dataset == "random_vl":
+        args += [f"--image-width={int(params['image_width'])}", f"--image-height={int(params['image_height'])}",
+                 f"--image-num={int(params['image_count'])}"]
+    if dataset_file is not None:
+        args += [f"--dataset-path={dataset_file}"]
+    if tokenizer_dir is not None:
+        args += [f"--tokenizer-path={tokenizer_dir}"]
+
+    args += ["--stream" if params.get("stream", True) else "--no-stream",
+             f"--temperature={float(params.get('temperature', 0.0))}",
+             f"--connect-timeout={int(params['connect_timeout_s'])}",
+             f"--read-timeout={int(params['read_timeout_s'])}",
+             f"--total-timeout={int(params['total_timeout_s'])}",
+             # The worker tests the connection itself, quickly; evalscope's own test retries a failing
+             # server every 10 s until --total-timeout.
+             "--no-test-connection",
+             f"--sleep-interval={int(settings['level_pause_s'])}",
+             f"--outputs-dir={paths.output_dir}", "--no-timestamp", f"--name={job_id}",
+             "--enable-progress-tracker", "--db-commit-interval=1"]
+    return args

@@ -1,0 +1,217 @@
+"""Reading what ``evalscope perf`` writes, tolerant of half-written files and of evalscope's units.
+
+Layout under ``--outputs-dir D --name N --no-timestamp`` (evalscope 1.x)::
+
+    D/N/progress.json                     {status, total_count, processed_count, percent, updated_at}
+    D/N/benchmark.log
+    D/N/parallel_<P>_number_<R>/          one per level, created when the level starts
+        benchmark_data.db                 SQLite, table ``result``: one row per request (commit interval 1)
+        benchmark_summary.json            written when the level ends
+        benchmark_percentile.json         list of {"Percentiles": "50%", "TTFT (ms)": ...}; NaN when all failed
+
+Summary keys carry their unit (``Avg TTFT (ms)``, ``Avg Latency (s)``); older releases wrote seconds
+(``Average time to first token (s)``), so units are read from the key, never assumed. Averages are
+``-1`` (or ``-1000`` ms) when no request succeeded: those become ``None``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_UNIT = re.compile(r"^(?P<name>.*?)\s*\((?P<unit>[^()]*)\)\s*$")
+
+
+def clean(value: Any) -> Any:
+    """NaN and infinities (which Python's json reads from evalscope's files) become None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: clean(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [clean(item) for item in value]
+    return value
+
+
+def read_json(path: Path) -> Any | None:
+    """A JSON file, or None while it is missing or half-written."""
+    try:
+        return clean(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Progress:
+    status: str | None
+    processed: int
+    total: int
+    percent: float
+
+
+def read_progress(path: Path) -> Progress | None:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        return None
+    try:
+        total = int(data.get("total_count") or 0)
+        processed = int(data.get("processed_count") or 0)
+        percent = float(data.get("percent") or 0.0)
+    except (TypeError, ValueError):
+        return None
+    return Progress(status=data.get("status"), processed=processed, total=total, percent=percent)
+
+
+def _find(mapping: dict[str, Any], *names: str) -> tuple[float | None, str | None]:
+    """The value of the first key whose name (without unit) matches, and its unit ("s", "ms" or None)."""
+    wanted = {name.lower() for name in names}
+    for key, value in mapping.items():
+        match = _UNIT.match(key)
+        base, unit = (match["name"], match["unit"]) if match else (key, None)
+        if base.strip().lower() in wanted:
+            return (float(value) if isinstance(value, int | float) else None), unit
+    return None, None
+
+
+def _in(value: float | None, unit: str | None, want: str) -> float | None:
+    if value is None or value < 0:
+        return None
+    if unit == want or unit is None:
+        return value
+    return value * 1000.0 if (unit, want) == ("s", "ms") else value / 1000.0
+
+
+_METRICS = {  # our name: (names in the summary, names in the percentile file, unit we report)
+    "latency_s": (("Avg Latency", "Average latency"), ("Latency",), "s"),
+    "ttft_ms": (("Avg TTFT", "Average time to first token"), ("TTFT",), "ms"),
+    "tpot_ms": (("Avg TPOT", "Average time per output token"), ("TPOT",), "ms"),
+    "itl_ms": (("Avg ITL", "Average inter-token latency"), ("ITL",), "ms"),
+}
+
+
+def level_result(summary: dict[str, Any], percentiles: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Our level shape from evalscope's summary and percentile files (either may be partial)."""
+    def count(*names: str) -> int:
+        value, _ = _find(summary, *names)
+        return int(value) if value is not None and value >= 0 else 0
+
+    succeeded = count("Success Requests", "Succeed requests")
+    by_label = {str(row.get("Percentiles")): row for row in (percentiles or []) if isinstance(row, dict)}
+    metrics: dict[str, dict[str, float | None]] = {}
+    for ours, (summary_names, percentile_names, unit) in _METRICS.items():
+        avg = _in(*_find(summary, *summary_names), unit) if succeeded else None
+        entry: dict[str, float | None] = {"avg": avg}
+        for label, key in (("50%", "p50"), ("90%", "p90"), ("99%", "p99")):
+            row = by_label.get(label)
+            entry[key] = _in(*_find(row, *percentile_names), unit) if row and succeeded else None
+        metrics[ours] = entry
+
+    def rate(*names: str) -> float | None:
+        value, _ = _find(summary, *names)
+        return value if value is not None and value >= 0 else None
+
+    duration, _ = _find(summary, "Test Duration", "Time taken for tests")
+    avg_in, _ = _find(summary, "Avg Input Tokens", "Average input tokens per request")
+    avg_out, _ = _find(summary, "Avg Output Tokens", "Average output tokens per request")
+    return {
+        "requests": count("Total Requests", "Total requests"),
+        "succeeded": succeeded,
+        "failed": count("Failed Requests", "Failed requests"),
+        "duration_s": duration,
+        "req_per_s": rate("Req Throughput", "Request throughput"),
+        "output_tokens_per_s": rate("Output Throughput", "Output token throughput"),
+        "total_tokens_per_s": rate("Total Throughput", "Total token throughput"),
+        "avg_input_tokens": avg_in if avg_in is not None and avg_in >= 0 else None,
+        "avg_output_tokens": avg_out if avg_out is not None and avg_out >= 0 else None,
+        "metrics": metrics,
+    }
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    """What the per-request database says so far, and the mean of the rows after ``since_rowid``."""
+
+    done: int
+    ok: int
+    errors: int
+    last_rowid: int
+    window_ttft_ms: float | None
+    window_latency_s: float | None
+    window_output_tokens: int
+
+
+def read_requests(db_path: Path, since_rowid: int = 0) -> RequestStats | None:
+    """Read evalscope's per-request SQLite file read-only; None while it is missing or locked."""
+    if not db_path.exists():
+        return None
+    try:
+        connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=0.2)
+    except sqlite3.Error:
+        return None
+    try:
+        done, ok = connection.execute("SELECT count(*), coalesce(sum(success), 0) FROM result").fetchone()
+        rows = connection.execute(
+            "SELECT rowid, first_chunk_latency, latency, completion_tokens FROM result "
+            "WHERE rowid > ? AND success = 1", (since_rowid,)).fetchall()
+        (last,) = connection.execute("SELECT coalesce(max(rowid), 0) FROM result").fetchone()
+    except sqlite3.Error:  # not created yet, or locked by the writer
+        return None
+    finally:
+        connection.close()
+    ttfts = [r[1] * 1000.0 for r in rows if r[1] is not None and r[1] >= 0]
+    latencies = [r[2] for r in rows if r[2] is not None and r[2] >= 0]
+    tokens = sum(int(r[3] or 0) for r in rows)
+    return RequestStats(done=int(done), ok=int(ok), errors=int(done) - int(ok), last_rowid=int(last),
+                        window_ttft_ms=sum(ttfts) / len(ttfts) if ttfts else None,
+                        window_latency_s=sum(latencies) / len(latencies) if latencies else None,
+                        window_output_tokens=tokens)
+
+
+def log_errors(path: Path, limit: int = 3) -> list[str]:
+    """The first error messages evalscope logged (the last line of each traceback, or the ERROR line)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 2_000_000))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    found: list[str] = []
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if " - ERROR:" in line or ("ERROR" in line[:60] and "evalscope" in line[:60]):
+            message = line.split("ERROR", 1)[1].lstrip(":\x1b[0m ").strip()
+            if message.startswith("Traceback") or not message:
+                # The traceback's last line says what happened.
+                for follow in lines[index + 1:index + 200]:
+                    if follow and not follow.startswith((" ", "Traceback", "\t")) and ":" in follow:
+                        message = follow.strip()
+                        if "Error" in follow.split(":", 1)[0] or "Exception" in follow.split(":", 1)[0]:
+                            break
+            if message and message not in found:
+                found.append(message[:500])
+            if len(found) >= limit:
+                break
+        elif line.startswith(("Traceback", "ValueError", "RuntimeError", "FileNotFoundError")) and not found:
+            continue
+    return found
+
+
+def tail(path: Path, lines: int) -> list[str]:
+    """The last ``lines`` lines of a log, reading at most a few MB from its end."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - 4_000_000))
+            data = handle.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", errors="replace").replace("\r", "\n")
+    return [line for line in text.split("\n") if line.strip()][-lines:]

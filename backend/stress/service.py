@@ -1,0 +1,285 @@
+"""Stress-test jobs for the web side: create, read, cancel, delete, follow. Rows only: the worker runs them."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import UTC, timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import func, select
+
+from backend.catalog.service import Catalog
+from backend.db import db
+from backend.errors import ApiError, NotFound
+from backend.providers.base import ProviderError
+from backend.sse import PING, sse_event
+from backend.stress import secrets
+from backend.stress.command import job_paths
+from backend.stress.datasets import get_dataset
+from backend.stress.models import (
+    ACTIVE,
+    JobStatus,
+    StressJob,
+    StressLevel,
+    StressSample,
+    StressWorker,
+    transition,
+    utcnow,
+)
+from backend.stress.outputs import tail
+from backend.stress.params import StressParams, check_limits
+
+log = logging.getLogger(__name__)
+
+
+# --- creating ------------------------------------------------------------------------------------
+
+
+def _target(body: StressParams, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
+    if body.manual_config is not None:
+        manual = body.manual_config
+        url = manual.api_url or manual.base_url.rstrip("/") + "/chat/completions"  # type: ignore[union-attr]
+        return {"kind": "manual", "key": f"manual:{manual.model_name}", "provider": "openai",
+                "model_id": manual.model_name, "name": body.label or manual.model_name,
+                "api_url": manual.api_url, "base_url": manual.base_url, "chat_url": url,
+                "api_key_given": manual.api_key is not None}
+    assert body.model is not None
+    spec = catalog.get(body.model)
+    if spec is None:
+        raise ApiError(f"model: unknown model {body.model!r}; known models: {', '.join(catalog.known_keys())}",
+                       field="model", details={"known": catalog.known_keys()})
+    try:
+        target = catalog.target(spec)
+    except ProviderError as exc:
+        raise ApiError(f"model: {exc}", field="model", status=409, code="unavailable") from None
+    if params["dataset"] == "random_vl" and not spec.capabilities.images:
+        raise ApiError(f"dataset: {spec.key} cannot read images; random_vl needs an image-capable model",
+                       field="dataset")
+    if params["output_tokens"] > spec.max_tokens:
+        raise ApiError(f"output_tokens: {spec.key} answers at most {spec.max_tokens} tokens", field="output_tokens")
+    data: dict[str, Any] = {"kind": "catalog", "key": spec.key, "provider": target.provider,
+                            "model_id": target.model_id, "name": body.label or spec.name,
+                            "catalog_provider": spec.provider, "api_key_env": spec.api_key_env}
+    if target.provider == "bedrock":
+        data["region"] = target.region
+    else:
+        data["chat_url"] = target.chat_url
+    return data
+
+
+def create_job(body: StressParams, catalog: Catalog, config: dict[str, Any]) -> StressJob:
+    settings = config["stress"]
+    params = check_limits(body, settings)
+    if params.get("dataset_file"):
+        dataset = get_dataset(params["dataset_file"])
+        if dataset is None:
+            raise ApiError(f"dataset_file: no uploaded dataset {params['dataset_file']!r}", field="dataset_file")
+        if dataset.format != params["dataset"]:
+            raise ApiError(f"dataset_file: that file was uploaded as {dataset.format!r}, not {params['dataset']!r}",
+                           field="dataset_file")
+    target = _target(body, catalog, params)
+    job = StressJob(model_key=target["key"], target=target, params=params,
+                    estimated_requests=sum(params["requests"]),
+                    token_source="tokenizer" if params.get("tokenizer") else "server",
+                    progress={"percent": 0.0, "level": 0, "levels": len(params["concurrency"]), "concurrency": None,
+                              "processed": 0, "total": sum(params["requests"])})
+    if body.manual_config is not None and body.manual_config.api_key is not None:
+        job.api_key_encrypted = secrets.encrypt(config["server"]["secret_key"],
+                                                body.manual_config.api_key.get_secret_value())
+    db.session.add(job)
+    db.session.commit()
+    log.info("stress job %s queued: %s, %d requests", job.id, job.model_key, job.estimated_requests)
+    return job
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def worker_alive(settings: dict[str, Any]) -> bool:
+    cutoff = utcnow() - timedelta(seconds=float(settings["worker_stale_s"]))
+    return db.session.scalar(select(func.count()).select_from(StressWorker)
+                             .where(StressWorker.heartbeat_at >= cutoff)) > 0
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def _fresh(value: Any, settings: dict[str, Any]) -> bool:
+    if value is None:
+        return False
+    if value.tzinfo is None:  # SQLite hands back naive datetimes
+        value = value.replace(tzinfo=UTC)
+    return utcnow() - value <= timedelta(seconds=float(settings["worker_stale_s"]))
+
+
+def job_dict(job: StressJob, settings: dict[str, Any], *, alive: bool | None = None,
+             with_levels: bool = True) -> dict[str, Any]:
+    status = job.job_status
+    if status in ACTIVE:
+        worker_ok: bool | None = _fresh(job.heartbeat_at, settings)
+    elif status is JobStatus.QUEUED:
+        worker_ok = worker_alive(settings) if alive is None else alive
+    else:
+        worker_ok = None
+    data = {
+        "id": job.id,
+        "status": job.status,
+        "is_finished": job.is_finished,
+        "error": job.error,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "model": job.model_key,
+        "target": dict(job.target),
+        "params": dict(job.params),
+        "estimated_requests": job.estimated_requests,
+        "progress": dict(job.progress or {}),
+        "failed_requests": job.failed_requests,
+        "token_source": job.token_source,
+        "cancel_requested": job.cancel_requested,
+        "exit_code": job.exit_code,
+        "worker_alive": worker_ok,
+    }
+    if with_levels:
+        data["levels"] = [level.as_dict() for level in job.levels]
+    return data
+
+
+def get_job(job_id: str) -> StressJob:
+    job = db.session.get(StressJob, job_id)
+    if job is None:
+        raise NotFound(f"no stress job {job_id!r}")
+    return job
+
+
+def list_jobs(settings: dict[str, Any], *, status: str | None, model: str | None, limit: int,
+              offset: int) -> dict[str, Any]:
+    query = select(StressJob)
+    if status:
+        statuses = status.split(",")
+        unknown = [s for s in statuses if s not in {m.value for m in JobStatus}]
+        if unknown:
+            raise ApiError(f"status: unknown status {unknown[0]!r}", field="status")
+        query = query.where(StressJob.status.in_(statuses))
+    if model:
+        query = query.where(StressJob.model_key == model)
+    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    jobs = db.session.scalars(query.order_by(StressJob.created_at.desc()).limit(limit).offset(offset)).all()
+    alive = worker_alive(settings)
+    return {"jobs": [job_dict(job, settings, alive=alive) for job in jobs], "total": total,
+            "worker": {"alive": alive}}
+
+
+# --- changing ------------------------------------------------------------------------------------
+
+
+def cancel_job(job_id: str) -> StressJob:
+    job = get_job(job_id)
+    changed = transition(job.id, JobStatus.CANCELLED, StressJob.status == JobStatus.QUEUED.value,
+                         cancel_requested=True, error="cancelled before it started")
+    if changed or transition(job.id, JobStatus.CANCELLING, cancel_requested=True):
+        db.session.commit()
+    else:
+        db.session.rollback()
+    db.session.refresh(job)
+    if job.is_finished and not job.cancel_requested:
+        raise ApiError(f"job {job_id} already {job.status}", status=409, code="conflict")
+    return job
+
+
+def _inside(root: Path, path: Path) -> Path | None:
+    """``path`` resolved, if it lies inside ``root``; None otherwise (a symlink out, a strange id)."""
+    resolved = path.resolve()
+    return resolved if resolved != root and resolved.is_relative_to(root) else None
+
+
+def delete_job(job_id: str, settings: dict[str, Any]) -> None:
+    job = get_job(job_id)
+    if not job.is_finished:
+        raise ApiError(f"job {job_id} is {job.status}; cancel it and wait until it has finished",
+                       status=409, code="conflict")
+    paths = job_paths(settings, job.id)
+    output_dir = _inside(paths.outputs_root, paths.output_dir)
+    if output_dir is not None and output_dir.exists() and not paths.output_dir.is_symlink():
+        shutil.rmtree(output_dir, ignore_errors=True)
+    log_path = _inside(paths.logs_root, paths.log_path)
+    if log_path is not None and log_path.is_file():
+        log_path.unlink(missing_ok=True)
+    db.session.execute(db.delete(StressSample).where(StressSample.job_id == job.id))
+    db.session.execute(db.delete(StressLevel).where(StressLevel.job_id == job.id))
+    db.session.delete(job)
+    db.session.commit()
+
+
+def log_tail(job_id: str, settings: dict[str, Any], lines: int) -> list[str]:
+    job = get_job(job_id)
+    return tail(job_paths(settings, job.id).log_path, lines)
+
+
+# --- following -----------------------------------------------------------------------------------
+
+
+def _progress_payload(job: StressJob) -> dict[str, Any]:
+    progress = dict(job.progress or {})
+    return {"percent": progress.get("percent", 0.0), "level": progress.get("level", 0),
+            "levels": progress.get("levels"), "concurrency": progress.get("concurrency"),
+            "processed": progress.get("processed", 0), "total": progress.get("total"), "status": job.status}
+
+
+def follow(app: Flask, job_id: str, *, poll_s: float, heartbeat_s: float) -> Iterator[bytes]:
+    """SSE for one job: progress, sample, level, status, and a final end. One short session per poll."""
+    yield PING
+    last_progress: dict[str, Any] | None = None
+    last_status: str | None = None
+    last_sample = 0
+    levels_sent = 0
+    last_write = time.monotonic()
+    settings = app.config["PEP"]["stress"]
+    try:
+        while True:
+            with app.app_context():
+                job = db.session.get(StressJob, job_id)
+                if job is None:
+                    yield sse_event("end", {"id": job_id, "status": "deleted"})
+                    return
+                events: list[bytes] = []
+                status = job.status
+                progress = _progress_payload(job)
+                samples = db.session.scalars(
+                    select(StressSample).where(StressSample.job_id == job_id, StressSample.id > last_sample)
+                    .order_by(StressSample.id).limit(500)).all()
+                for sample in samples:
+                    events.append(sse_event("sample", sample.as_dict()))
+                    last_sample = sample.id
+                if progress != last_progress:
+                    events.append(sse_event("progress", progress))
+                    last_progress = progress
+                levels = job.levels
+                for level in levels[levels_sent:]:
+                    events.append(sse_event("level", level.as_dict()))
+                levels_sent = max(levels_sent, len(levels))
+                if status != last_status:
+                    events.append(sse_event("status", {"status": status, "error": job.error}))
+                    last_status = status
+                final = job_dict(job, settings) if job.is_finished else None
+                db.session.remove()
+            if events:
+                yield b"".join(events)
+                last_write = time.monotonic()
+            if final is not None:
+                yield sse_event("end", final)
+                return
+            if time.monotonic() - last_write >= heartbeat_s:
+                yield PING
+                last_write = time.monotonic()
+            time.sleep(poll_s)
+    except GeneratorExit:  # the client went away; nothing to clean up but the session above
+        return
