@@ -97,7 +97,8 @@ def test_client_disconnect_closes_upstream(live_app: AppServer, simulator: Simul
     response = requests.post(live_app.url + "/api/v1/multi-inference",
                              json={"models": ["sim-slow"], "text": "take your time"}, stream=True, timeout=10)
     run_id = None
-    for event in iter_events(response):
+    events = iter_events(response)  # kept: finishing this generator would close the connection early
+    for event in events:
         if event.name == "run":
             run_id = event.data["run_id"]
         if event.name == "delta":
