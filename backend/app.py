@@ -35,6 +35,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from backend.inference import api as inference_api
     from backend.inference import pages as inference_pages
     from backend.stress import api as stress_api
+    from backend.stress import pages as stress_pages
     from backend.web import bp as web_bp
 
     catalog_service.init_app(app)
@@ -45,4 +46,5 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(web_bp)
     app.register_blueprint(catalog_pages.bp)
     app.register_blueprint(inference_pages.bp)
+    app.register_blueprint(stress_pages.bp)
     return app

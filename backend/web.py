@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, make_response, render_template, request
+from flask import Blueprint, Response, current_app, make_response, render_template, request, send_file, url_for
 
 bp = Blueprint("web", __name__)
 
@@ -24,16 +26,50 @@ def render(page: str, fragment: str, **context: Any) -> Response:
 @bp.get("/")
 def home():  # type: ignore[no-untyped-def]
     from backend.inference import service as inference_service
+    from backend.stress import service as stress_service
+    from backend.stress.pages import decorate
 
     recent = [run.as_dict() for run in inference_service.recent_runs(limit=8)]
-    return render_template("home/index.html", recent_runs=recent)
+    settings = current_app.config["PEP"]["stress"]
+    active = stress_service.list_jobs(settings, status="queued,running,cancelling", model=None, limit=10, offset=0)
+    finished = stress_service.list_jobs(settings, status="completed,failed,cancelled,interrupted", model=None,
+                                        limit=5, offset=0)
+    return render_template("home/index.html", recent_runs=recent,
+                           active_jobs=[decorate(job) for job in active["jobs"]], active_total=active["total"],
+                           finished_jobs=[decorate(job) for job in finished["jobs"]],
+                           worker_alive=active["worker"]["alive"])
 
 
-@bp.get("/stress-tests")
-def stress_tests():  # type: ignore[no-untyped-def]
-    return render_template("placeholder/coming.html", title="Stress tests",
-                           text="Stress tests with EvalScope arrive with the stress-test feature. "
-                                "Until then, use the Playground to compare models.")
+@bp.get("/vendor/plotly.min.js")
+def plotly_js():  # type: ignore[no-untyped-def]
+    """plotly.js from the installed ``plotly`` package: no CDN, works offline. Pages add ``?v=<version>``,
+    so the file can be cached for a year and a new version is a new URL."""
+    response = send_file(plotly_js_path(), mimetype="text/javascript", max_age=YEAR_S, conditional=True)
+    response.cache_control.public = True
+    response.cache_control.immutable = True
+    return response
+
+
+YEAR_S = 365 * 24 * 3600
+
+
+@lru_cache(maxsize=1)
+def plotly_js_path() -> Path:
+    import plotly
+
+    return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+
+
+@lru_cache(maxsize=1)
+def plotly_version() -> str:
+    import plotly
+
+    return str(plotly.__version__)
+
+
+@bp.app_context_processor
+def _vendor_urls() -> dict[str, Any]:
+    return {"plotly_url": lambda: url_for("web.plotly_js", v=plotly_version())}
 
 
 @bp.get("/results")

@@ -45,8 +45,8 @@ from evalscope.utils.logger import get_logger
 
 from backend.providers.base import ChatRequest, Image, Message, Target
 from backend.providers.bedrock import converse_params, provider_error
+from backend.stress.evalscope_args import BEDROCK_API
 
-BEDROCK_API = "bedrock"
 URL_SCHEME = "bedrock"
 DEFAULT_MAX_TOKENS = 1024
 DEFAULT_CONNECT_TIMEOUT_S = 10.0

@@ -8,20 +8,17 @@ must never make it read a server file.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from backend.config import resolve_path
+from backend.stress.evalscope_args import bedrock_args
 
-# The module that runs evalscope's CLI. Ours registers the Bedrock API plugin, applies the measurement
-# fixes and reads the key from PEP_TARGET_API_KEY; plain evalscope ("evalscope.cli.cli") is the fallback
-# while ours is absent (OpenAI-compatible targets without a key only).
+# The module that runs evalscope's CLI: it registers our Bedrock API plugin, applies the measurement
+# fixes and reads the key from PEP_TARGET_API_KEY (backend/stress/evalscope_entry.py).
 ENTRY_MODULE = "backend.stress.evalscope_entry"
-FALLBACK_ENTRY_MODULE = "evalscope.cli.cli"
 
 
 class CommandError(RuntimeError):
@@ -67,23 +64,9 @@ def job_paths(settings: dict[str, Any], job_id: str) -> JobPaths:
                     job_id)
 
 
-def entry_module() -> str:
-    return ENTRY_MODULE if importlib.util.find_spec(ENTRY_MODULE) is not None else FALLBACK_ENTRY_MODULE
-
-
-def uses_our_entry() -> bool:
-    return entry_module() == ENTRY_MODULE
-
-
 def _bedrock_args(model_id: str, region: str | None) -> list[str]:
     try:
-        module = importlib.import_module(ENTRY_MODULE)
-        bedrock_args = module.bedrock_args
-    except (ImportError, AttributeError) as exc:
-        raise CommandError(f"Bedrock stress tests need {ENTRY_MODULE}.bedrock_args (the evalscope Bedrock "
-                           f"plugin), which is not available: {exc}") from None
-    try:
-        return list(bedrock_args(model_id, region or ""))
+        return bedrock_args(model_id, region or "")
     except ValueError as exc:
         raise CommandError(str(exc)) from None
 
@@ -99,7 +82,7 @@ def build_command(*, job_id: str, target: dict[str, Any], params: dict[str, Any]
     paths = job_paths(settings, job_id)
     levels = [int(level) for level in params["concurrency"]]
     counts = [int(count) for count in params["requests"]]
-    args = [sys.executable, "-m", entry_module(), "perf", f"--model={target['model_id']}"]
+    args = [sys.executable, "-m", ENTRY_MODULE, "perf", f"--model={target['model_id']}"]
     if target["provider"] == "bedrock":
         args += _bedrock_args(target["model_id"], target.get("region"))
     else:

@@ -50,16 +50,14 @@ from __future__ import annotations
 
 # The imports that create most of the long-lived objects come first, so that the freeze below covers them.
 import gc
-import json
 import os
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 from evalscope.cli.cli import run_cmd
@@ -70,34 +68,23 @@ from evalscope.perf.plugin.api.openai_api import OpenaiPlugin
 from evalscope.perf.utils.benchmark_util import BenchmarkData
 from evalscope.utils.logger import get_logger
 
-from backend.stress.bedrock_plugin import BEDROCK_API
+from backend.stress.evalscope_args import (  # noqa: F401 - part of this module's interface
+    API_KEY_ENV,
+    ENTRY_MARKER,
+    TOKENIZER_MARKER,
+    TokenSource,
+    bedrock_args,
+    token_source,
+)
 
-API_KEY_ENV = "PEP_TARGET_API_KEY"
 PROXY_ENV = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-ENTRY_MARKER = "backend.stress.evalscope_entry: measurement fixes installed"
-TOKENIZER_MARKER = "backend.stress.evalscope_entry: token counts from the tokenizer"
 
-TokenSource = Literal["server", "tokenizer"]
 
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _installed = False
 # When the body of the request being processed in this task was handed to the socket (perf_counter).
 _written_at: ContextVar[list[float] | None] = ContextVar("written_at", default=None)
 _announce_lock = threading.Lock()
 _announced: set[str] = set()
-
-
-def bedrock_args(model_id: str, region: str | None) -> list[str]:
-    """The evalscope ``perf`` arguments that send a run through our Bedrock plugin.
-
-    ``region`` ``None`` leaves the region to boto3's usual chain (``AWS_REGION``, the profile...).
-    Raises ``ValueError`` for a model id or region that cannot be one.
-    """
-    if not model_id or model_id.startswith("-") or any(ch.isspace() for ch in model_id):
-        raise ValueError(f"not a Bedrock model id: {model_id!r}")
-    if region is not None and not _REGION.match(region):
-        raise ValueError(f"not an AWS region: {region!r}")
-    return ["--api", BEDROCK_API, "--model", model_id, "--url", f"bedrock://{region or ''}"]
 
 
 def proxy_configured(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
@@ -215,30 +202,6 @@ def take_api_key(argv: list[str], environ: dict[str, str] | os._Environ[str] = o
     if not api_key:
         return argv
     return [*argv, "--api-key", api_key]
-
-
-def token_source(output_dir: str | Path) -> TokenSource:
-    """Where a finished (or partial) run's token counts came from, read from evalscope's outputs.
-
-    ``output_dir`` is any directory above the run's ``benchmark.log`` and level directories (the
-    ``--outputs-dir`` given to evalscope will do). Server usage is certain when the run used our
-    Bedrock plugin (it counts only from Bedrock's reported usage) or had no tokenizer (evalscope
-    fails a request without usage and without a tokenizer). With a tokenizer, evalscope uses it only
-    for responses that carry no usage; a run through this module logs ``TOKENIZER_MARKER`` when that
-    happens, so its absence means server usage. A plain evalscope run with a tokenizer leaves no such
-    record, and counts as ``"tokenizer"``, the answer that cannot overstate what is known.
-    """
-    root = Path(output_dir)
-    args_files = sorted(root.rglob("benchmark_args.json"))
-    if not args_files:
-        raise FileNotFoundError(f"no benchmark_args.json under {root}")
-    args = [json.loads(path.read_text()) for path in args_files]
-    if all(a.get("api") == BEDROCK_API or not a.get("tokenizer_path") for a in args):
-        return "server"
-    logs = "\n".join(path.read_text(errors="replace") for path in root.rglob("benchmark.log"))
-    if TOKENIZER_MARKER in logs or ENTRY_MARKER not in logs:
-        return "tokenizer"
-    return "server"
 
 
 def main(argv: list[str] | None = None) -> int:

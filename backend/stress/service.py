@@ -283,3 +283,44 @@ def follow(app: Flask, job_id: str, *, poll_s: float, heartbeat_s: float) -> Ite
             time.sleep(poll_s)
     except GeneratorExit:  # the client went away; nothing to clean up but the session above
         return
+
+
+# --- for the pages -------------------------------------------------------------------------------
+
+
+def job_samples(job_id: str, limit: int) -> list[dict[str, Any]]:
+    """The job's live metric samples, oldest first, evenly thinned to at most ``limit`` points."""
+    total = db.session.scalar(select(func.count()).select_from(StressSample).where(StressSample.job_id == job_id))
+    query = select(StressSample).where(StressSample.job_id == job_id).order_by(StressSample.id)
+    if total and total > limit:
+        step = -(-total // limit)
+        numbered = query.add_columns(func.row_number().over(order_by=StressSample.id).label("n")).subquery()
+        query = (select(StressSample).join(numbered, StressSample.id == numbered.c.id)
+                 .where((numbered.c.n - 1) % step == 0).order_by(StressSample.id))
+    return [sample.as_dict() for sample in db.session.scalars(query)]
+
+
+def latest_timings(model_keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Per model, the lowest-concurrency level of its latest completed job: what one request cost then.
+
+    The form's duration estimate starts from this; with no finished job of a model there is none.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    if not model_keys:
+        return found
+    jobs = db.session.scalars(
+        select(StressJob).where(StressJob.status == JobStatus.COMPLETED.value, StressJob.model_key.in_(model_keys))
+        .order_by(StressJob.created_at.desc()).limit(200)).all()
+    for job in jobs:
+        if job.model_key in found or not job.levels:
+            continue
+        level = min(job.levels, key=lambda row: row.concurrency)
+        data = level.as_dict()
+        latency, ttft, tpot = data["latency_s"].get("avg"), data["ttft_ms"].get("avg"), data["tpot_ms"].get("avg")
+        if latency is None:
+            continue
+        found[job.model_key] = {"job": job.id, "concurrency": level.concurrency, "latency_s": latency,
+                                "ttft_ms": ttft, "tpot_ms": tpot,
+                                "output_tokens": (job.params or {}).get("output_tokens")}
+    return found
+

@@ -51,8 +51,9 @@ from sqlalchemy import func, select
 from backend.config import PROJECT_ROOT
 from backend.db import db
 from backend.stress import secrets
-from backend.stress.command import CommandError, JobPaths, build_command, job_paths, uses_our_entry
+from backend.stress.command import CommandError, JobPaths, build_command, job_paths
 from backend.stress.datasets import stored_path
+from backend.stress.evalscope_args import token_source
 from backend.stress.models import (
     ACTIVE,
     JobStatus,
@@ -256,9 +257,6 @@ class Worker:
             api_key = self._api_key(job)
         except secrets.SecretUnavailable as exc:
             return self._fail(job, str(exc))
-        if api_key and not uses_our_entry():
-            return self._fail(job, "an API key can only reach evalscope through backend.stress.evalscope_entry, "
-                                   "which is not installed")
         dataset_file = None
         if params.get("dataset_file"):
             dataset_file = stored_path(self.settings, params["dataset_file"], params["dataset"])
@@ -455,10 +453,8 @@ class Worker:
     @staticmethod
     def _token_source(running: Running) -> str | None:
         try:
-            from backend.stress.evalscope_entry import token_source
-
             return token_source(running.paths.output_dir)
-        except Exception:  # no outputs yet, or the entry module is absent: keep what the job says
+        except (OSError, ValueError):  # no outputs yet: keep what the job says
             return None
 
     def _failure_reason(self, job: StressJob) -> str:

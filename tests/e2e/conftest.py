@@ -42,9 +42,22 @@ def e2e_simulator() -> Iterator[SimulatorProcess]:
 def e2e_app(e2e_simulator: SimulatorProcess) -> Iterator[AppServer]:
     env = {"SIMULATOR_PORT": str(e2e_simulator.port), "PEP_CATALOG__MODELS_FILE": TEST_MODELS,
            "PEP_INFERENCE__MODEL_TIMEOUT_S": "20", "AWS_ENDPOINT_URL_CLOUDFORMATION": "http://127.0.0.1:9",
-           **NO_AWS_CREDENTIALS}
+           **E2E_STRESS_SETTINGS, **NO_AWS_CREDENTIALS}
     with AppServer(env=env) as server:
         yield server
+
+
+# Stress jobs in the browser tests: a short pause between levels and a worker that looks often.
+E2E_STRESS_SETTINGS = {"PEP_STRESS__LEVEL_PAUSE_S": "1", "PEP_STRESS__POLL_INTERVAL_S": "0.25",
+                       "PEP_STRESS__KILL_GRACE_S": "2", "PEP_STRESS__SSE_POLL_S": "0.25"}
+
+
+@pytest.fixture(scope="session")
+def e2e_stress_worker(e2e_app: AppServer) -> Iterator[AppServer]:
+    """``python -m backend.stress.worker`` on e2e_app's database and folders, for the tests that need it."""
+    e2e_app.start_stress_worker()
+    yield e2e_app
+    e2e_app.stop_stress_worker()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,9 +24,11 @@ class AppServer:
 
     Every run gets its own data, log and output folders in a temporary directory, so tests never see
     each other's leftovers; ``env`` adds or overrides environment variables (configuration keys).
+    ``stress_worker=True`` also runs ``python -m backend.stress.worker`` beside gunicorn, as
+    scripts/start.sh does, on the same database and folders; it is stopped (SIGTERM: it ends its jobs) first.
     """
 
-    def __init__(self, env: Mapping[str, str] | None = None, workers: int = 1) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, workers: int = 1, stress_worker: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = dict(env or {})
@@ -33,6 +36,10 @@ class AppServer:
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._out = None
+        self.stress_worker = stress_worker
+        self._worker: subprocess.Popen[bytes] | None = None
+        self._worker_out = None
+        self._env: dict[str, str] | None = None
 
     @property
     def root(self) -> Path:
@@ -58,6 +65,9 @@ class AppServer:
             "PIN_WORKERS": "0",
             "PEP_DATABASE__PATH": str(self.database_path),
             "PEP_LOGGING__DIR": str(self.log_dir),
+            "PEP_STRESS__OUTPUTS_DIR": str(self.root / "outputs" / "stress"),
+            "PEP_STRESS__LOGS_DIR": str(self.log_dir / "stress"),
+            "PEP_STRESS__DATASETS_DIR": str(self.root / "datasets"),
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
@@ -74,11 +84,30 @@ class AppServer:
                 raise RuntimeError(f"gunicorn exited: {self.output()}")
             try:
                 if requests.get(self.url + "/health", timeout=2).ok:
+                    self._env = env
+                    if self.stress_worker:
+                        self.start_stress_worker()
                     return self
             except requests.RequestException:  # not listening yet, or a busy machine
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError("gunicorn did not become ready")
+
+    def start_stress_worker(self) -> None:
+        """The stress worker on this server's database and folders; after gunicorn is up, so that the
+        database and its migrations exist."""
+        assert self._env is not None, "start the server first"
+        if self._worker is not None and self._worker.poll() is None:
+            return
+        self._worker_out = open(self.root / "worker.out", "ab")  # noqa: SIM115 - closed in stop_stress_worker()
+        self._worker = subprocess.Popen(
+            [sys.executable, "-m", "backend.stress.worker"], cwd=PROJECT_ROOT, env=dict(self._env),
+            stdout=self._worker_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    def worker_output(self) -> str:
+        path = self.root / "worker.out"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def output(self) -> str:
         path = self.root / "gunicorn.out"
@@ -87,7 +116,22 @@ class AppServer:
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log*")))
 
+    def stop_stress_worker(self) -> None:
+        """SIGTERM: the worker ends the jobs it runs and stops; SIGKILL to its group if it does not."""
+        if self._worker is not None and self._worker.poll() is None:
+            self._worker.terminate()
+            try:
+                self._worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._worker.pid, signal.SIGKILL)
+                self._worker.wait()
+        self._worker = None
+        if self._worker_out is not None:
+            self._worker_out.close()
+            self._worker_out = None
+
     def stop(self) -> None:
+        self.stop_stress_worker()
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
             try:
