@@ -3,49 +3,23 @@
 from __future__ import annotations
 
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
+from backend.catalog.manual import ManualEndpoint
 from backend.errors import ApiError
 
 
-class ManualConfig(BaseModel):
-    """An unregistered OpenAI-compatible endpoint. The key is used for the call and never stored."""
+class ManualConfig(ManualEndpoint):
+    """A manual endpoint for the playground; ``label`` names its column."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str | None = None
-    api_url: str | None = None
-    model_name: str = Field(min_length=1, max_length=200)
-    api_key: SecretStr | None = None
     label: str | None = Field(default=None, max_length=100)
-
-    @field_validator("base_url", "api_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parsed = urlparse(value)
-        if parsed.scheme not in ("http", "https"):
-            raise ValueError("must be an http:// or https:// URL")
-        if not parsed.netloc:
-            raise ValueError("must name a host")
-        return value
-
-    @model_validator(mode="after")
-    def _one_url(self) -> ManualConfig:
-        if not (self.base_url or self.api_url):
-            raise ValueError("needs base_url or api_url")
-        return self
 
 
 class ChatTurn(BaseModel):

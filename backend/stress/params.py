@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from backend.catalog.manual import ManualEndpoint
 from backend.config import resolve_path
 from backend.errors import ApiError
 
@@ -23,49 +23,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 DEFAULT_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
-class ManualTarget(BaseModel):
-    """An unregistered OpenAI-compatible endpoint; its key is stored only encrypted."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str | None = Field(default=None, max_length=2000)
-    api_url: str | None = Field(default=None, max_length=2000)
-    model_name: str = Field(min_length=1, max_length=200)
-    api_key: SecretStr | None = Field(default=None, max_length=4096)
-
-    @field_validator("base_url", "api_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parsed = urlparse(value)
-        if parsed.scheme not in ("http", "https"):
-            raise ValueError("must be an http:// or https:// URL")
-        if not parsed.hostname:
-            raise ValueError("must name a host")
-        if any(c.isspace() for c in value):
-            raise ValueError("must not contain spaces")
-        return value
-
-    @field_validator("model_name")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if not value.isprintable() or value != value.strip():
-            raise ValueError("must be printable text without surrounding spaces")
-        return value
-
-    @model_validator(mode="after")
-    def _one_url(self) -> ManualTarget:
-        if not (self.base_url or self.api_url):
-            raise ValueError("needs base_url or api_url")
-        return self
-
-
 class StressParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(default=None, min_length=1, max_length=200)
-    manual_config: ManualTarget | None = None
+    manual_config: ManualEndpoint | None = None
     label: str | None = Field(default=None, max_length=100)
     concurrency: list[int] = Field(min_length=1)
     requests: list[int] | int
