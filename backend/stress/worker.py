@@ -351,27 +351,35 @@ class Worker:
         return current
 
     def _record_progress(self, job: StressJob, running: Running) -> None:
+        """Progress and a live sample, from progress.json and the current level's per-request database.
+
+        evalscope rewrites progress.json at most once a second and only when a request ends, so the last
+        requests of a level would stay invisible through the pause between levels; the per-request
+        database is committed after every request (``--db-commit-interval=1``) and counts them at once.
+        """
         progress = read_progress(running.paths.progress_path)
         index = self._current_level(running)
         total = sum(running.counts)
         processed = progress.processed if progress else 0
+        stats = None
+        if index is not None:
+            level, count = running.levels[index], running.counts[index]
+            stats = read_requests(running.paths.level_dir(level, count) / "benchmark_data.db",
+                                  running.last_rowid.get(index, 0))
+            if stats is not None:
+                processed = max(processed, sum(running.counts[:index]) + stats.done)
         data = {"percent": round(100.0 * processed / total, 2) if total else 0.0,
                 "level": (index + 1) if index is not None else 0, "levels": len(running.levels),
                 "concurrency": running.levels[index] if index is not None else None,
                 "processed": processed, "total": total}
         if data != job.progress:
             job.progress = data
-        if index is None:
-            return
-        level, count = running.levels[index], running.counts[index]
-        stats = read_requests(running.paths.level_dir(level, count) / "benchmark_data.db",
-                              running.last_rowid.get(index, 0))
-        if stats is None or stats.done == running.last_done.get(index, -1):
+        if index is None or stats is None or stats.done == running.last_done.get(index, -1):
             return
         now = time.monotonic()
         window = max(now - running.last_sample_at, 1e-3)
-        db.session.add(StressSample(job_id=job.id, t=round(time.time() - running.wall_started, 3), level=level,
-                                    processed=max(processed, sum(running.counts[:index]) + stats.done),
+        db.session.add(StressSample(job_id=job.id, t=round(time.time() - running.wall_started, 3),
+                                    level=running.levels[index], processed=processed,
                                     ok=stats.ok, errors=stats.errors, ttft_ms=stats.window_ttft_ms,
                                     latency_s=stats.window_latency_s,
                                     output_tokens_per_s=round(stats.window_output_tokens / window, 3)))
