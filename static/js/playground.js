@@ -29,7 +29,11 @@
     manual: $("#pg-manual"), manualUrl: $("#pg-manual-url"), manualModel: $("#pg-manual-model"),
     manualKey: $("#pg-manual-key"),
   };
-  const urls = { run: form.dataset.runUrl, storedRun: form.dataset.storedRunUrl, history: form.dataset.historyUrl };
+  const urls = {
+    run: form.dataset.runUrl, storedRun: form.dataset.storedRunUrl, history: form.dataset.historyUrl,
+    stress: form.dataset.stressUrl,
+  };
+  const MAX_LINK_LENGTH = 3000; // gunicorn refuses request lines over 4094 bytes: longer prompts go by run id
   const limits = {
     imageBytes: Number(form.dataset.maxImageBytes), videoBytes: Number(form.dataset.maxVideoBytes),
     images: Number(form.dataset.maxImages),
@@ -135,8 +139,30 @@
     $(".pg-column-name", node).textContent = target.name || target.model;
     $(".pg-column-key", node).textContent = target.model;
     column.copy.addEventListener("click", () => copyAnswer(column));
+    setStressLink($(".pg-stress", node), target.model, run);
     els.columns.append(node);
     return column;
+  }
+
+  /* "Stress-test this prompt": the form prefilled with this model and the run's prompt. A manual endpoint
+   * passes its URL and model name, never its key. A prompt too long for a URL goes as the run's id. */
+  function setStressLink(link, key, run) {
+    if (!urls.stress || !run.prompt) return;
+    const query = new URLSearchParams();
+    if (key.startsWith("manual:")) {
+      if (!run.manual) return;
+      query.set("manual_url", run.manual.api_url || run.manual.base_url || "");
+      query.set("manual_model", run.manual.model_name);
+    } else {
+      query.set("model", key);
+    }
+    let href = `${urls.stress}?${query}&${new URLSearchParams({ prompt: run.prompt })}`;
+    if (href.length > MAX_LINK_LENGTH) {
+      if (!run.runId) return;
+      href = `${urls.stress}?${query}&${new URLSearchParams({ run: run.runId })}`;
+    }
+    link.href = href;
+    link.hidden = false;
   }
 
   function setStatus(column, status) {
@@ -324,10 +350,13 @@
     }
     const body = requestBody();
     saveSelections();
+    const manual = body.manual_config
+      ? { api_url: body.manual_config.api_url, base_url: body.manual_config.base_url, model_name: body.manual_config.model_name }
+      : null;
 
     const run = {
       controller: new AbortController(), columns: new Map(), started: performance.now(), stopped: false,
-      runId: null, done: null, failure: null, ticker: null,
+      runId: null, done: null, failure: null, ticker: null, prompt: body.text, manual,
     };
     active = run;
     setRunning(true);

@@ -140,6 +140,7 @@ def test_form_to_live_job_page_to_results_and_live_list(page: Page, e2e_app: App
     expect(page.locator("#job-delete")).to_be_visible()
     screenshot(page, "stress-job-finished")
     page.set_viewport_size({"width": 1024, "height": 900})
+    page.wait_for_timeout(400)  # plotly re-lays its charts out after a (debounced) resize
     screenshot(page, "stress-job-finished-1024")
 
     # The list row ended by itself, without a reload.
@@ -153,6 +154,7 @@ def test_form_to_live_job_page_to_results_and_live_list(page: Page, e2e_app: App
     # The home page lists it among the latest finished.
     page.goto(e2e_app.url + "/")
     expect(page.locator("#home-stress")).to_contain_text("Simulator (fast)")
+    screenshot(page, "home-stress")
 
 
 def test_cancel_from_the_job_page(page: Page, e2e_app: AppServer) -> None:
