@@ -67,3 +67,9 @@ def app(tmp_path: Path, simulator: SimulatorProcess, monkeypatch: pytest.MonkeyP
 @pytest.fixture
 def client(app: Flask):  # type: ignore[no-untyped-def]
     return app.test_client()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests last: Playwright's sync API keeps an event loop running in the main thread for
+    the rest of the session, and tests that call asyncio.run() cannot run after it starts."""
+    items.sort(key=lambda item: "/e2e/" in str(item.path))
