@@ -6,6 +6,7 @@ sets an operator starts from; they carry no target.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,6 +67,17 @@ def _request_counts(params: StressParams) -> list[int]:
     if isinstance(params.requests, int):
         return [params.requests] * len(params.concurrency)
     return list(params.requests)
+
+
+def has_chat_template(tokenizer_dir: Path) -> bool:
+    """Whether a Hugging Face tokenizer directory carries a chat template (in its config or a file)."""
+    if any((tokenizer_dir / name).exists() for name in ("chat_template.jinja", "chat_template.json")):
+        return True
+    try:
+        config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
 def available_tokenizers(settings: dict[str, Any]) -> dict[str, Path]:
@@ -144,6 +156,11 @@ def check_limits(params: StressParams, settings: dict[str, Any]) -> dict[str, An
         else:
             raise ApiError(f"tokenizer: dataset {params.dataset!r} needs a local tokenizer and none is configured "
                            "(set stress.tokenizer_path)", field="tokenizer")
+    if params.dataset in TOKENIZER_DATASETS and not has_chat_template(tokenizers[tokenizer]):
+        # evalscope sizes random chat prompts through the chat template; without one it sends a bare
+        # completion prompt, which a chat-completions endpoint refuses.
+        raise ApiError(f"tokenizer: {tokenizer!r} has no chat template, which random prompts for a chat "
+                       "endpoint need (use the model's own tokenizer files)", field="tokenizer")
 
     stored = params.model_dump(exclude={"manual_config", "model", "label"})
     stored.update(requests=counts, tokenizer=tokenizer)
