@@ -90,6 +90,7 @@ def test_random_vl_needs_an_image_model(stress_client, tmp_path: Path) -> None: 
     tokenizer = tmp_path / "tok"
     tokenizer.mkdir()
     (tokenizer / "tokenizer.json").write_text("{}")
+    (tokenizer / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
     stress_client.application.config["PEP"]["stress"]["tokenizer_path"] = str(tokenizer)
     response = stress_client.post("/api/v1/stress-tests", json=_with(dataset="random_vl", prompt=None))
     assert response.status_code == 400
