@@ -21,25 +21,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import resource
-import secrets
 import signal
-import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python"
-GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
+from benchkit import PYTHON, ROOT, Platform, cpu_seconds_total, machine_busy_s, median, pct, rss_mb
+
 MODELS_FILE = ROOT / "scripts" / "bench_models.yaml"
 
 STEADY_KEYS = ["steady-a", "steady-b", "steady-c"]
@@ -54,25 +46,6 @@ TARGETS = {  # clients: (added TTFT p99 ms, added inter-token gap p99 ms)
     100: (25.0, 10.0),
     200: (50.0, 20.0),
 }
-
-
-# --- statistics ----------------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float:
-    """Percentile by linear interpolation (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-def median(values: list[float]) -> float:
-    values = [v for v in values if v == v]  # drop NaN
-    return statistics.median(values) if values else float("nan")
 
 
 # --- load generator (runs in its own process) ----------------------------------------------------
@@ -238,130 +211,10 @@ def loadgen_main(spec_json: str) -> int:
     return 0
 
 
-# --- processes -----------------------------------------------------------------------------------
+# --- one phase (the platform itself: scripts/benchkit.py) ----------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, deadline_s: float) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {deadline_s:g} s")
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / _TICK
-    return total
-
-
-def machine_busy_ticks() -> int:
-    """Busy CPU ticks of the whole machine (everything but idle and iowait), from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return sum(fields) - fields[3] - fields[4]
-
-
-def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total / 1024
-
-
-class Servers:
-    """The simulator and gunicorn, each in its own process group with a log file; stopped on exit."""
-
-    def __init__(self, workers: int | None, pin: bool) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="bench_relay_"))
-        self.sim_port, self.web_port = free_port(), free_port()
-        self.env = {
-            **os.environ,
-            "ENVIRONMENT": "production",
-            "PEP_SERVER__SECRET_KEY": secrets.token_hex(16),
-            "HOST": "127.0.0.1",
-            "PORT": str(self.web_port),
-            "SIMULATOR_PORT": str(self.sim_port),
-            "PEP_DATABASE__PATH": str(self.tmp / "app.db"),
-            "PEP_LOGGING__DIR": str(self.tmp / "logs"),
-            "PEP_CATALOG__MODELS_FILE": str(MODELS_FILE),
-            "PIN_WORKERS": "1" if pin else "0",
-        }
-        if workers:
-            self.env["WEB_WORKERS"] = str(workers)
-        self.procs: list[subprocess.Popen] = []
-
-    def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen:
-        log = open(self.tmp / log_name, "ab")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def start(self) -> None:
-        # As start.sh: fail early on bad configuration and apply the migrations, then run both servers.
-        subprocess.run([str(PYTHON), "-c", "from backend.app import create_app; create_app()"],
-                       cwd=ROOT, env=self.env, check=True, timeout=120, capture_output=True)
-        self.sim = self._spawn([str(PYTHON), "-m", "backend.simulator", "--host", "127.0.0.1",
-                                "--port", str(self.sim_port)], "simulator.log")
-        self.web = self._spawn([str(GUNICORN), "--config", "config/gunicorn.conf.py"], "gunicorn.log")
-        wait_http(f"http://127.0.0.1:{self.sim_port}/v1/models", 30)
-        wait_http(f"http://127.0.0.1:{self.web_port}/health", 30)
-        end = time.monotonic() + 10
-        expected = int(self.env.get("WEB_WORKERS", os.cpu_count() or 1))
-        while len(self.workers()) < expected and time.monotonic() < end:
-            time.sleep(0.1)
-
-    def workers(self) -> list[int]:
-        return children(self.web.pid)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-
-
-def run_phase(servers: Servers, mode: str, clients: int, requests_per_client: int, slow: bool = False,
+def run_phase(servers: Platform, mode: str, clients: int, requests_per_client: int, slow: bool = False,
               ramp_s: float = RAMP_S) -> dict[str, Any]:
     tokens = SLOW_TOKENS if slow else STEADY_TOKENS
     per_request_s = tokens * (1.0 if slow else 0.02) + 5
@@ -378,10 +231,10 @@ def run_phase(servers: Servers, mode: str, clients: int, requests_per_client: in
         "url": (f"http://127.0.0.1:{servers.sim_port}/v1/chat/completions" if mode == "direct"
                 else f"http://127.0.0.1:{servers.web_port}/api/v1/multi-inference"),
     }
-    workers = servers.workers()
-    cpu_before = cpu_seconds(workers)
-    sim_before = cpu_seconds([servers.sim.pid])
-    box_before = machine_busy_ticks()
+    workers = servers.web_workers()
+    cpu_before = cpu_seconds_total(workers)
+    sim_before = cpu_seconds_total([servers.sim.pid])
+    box_before = machine_busy_s()
     started = time.monotonic()
     proc = subprocess.Popen([str(PYTHON), __file__, "--loadgen", json.dumps(spec)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -397,10 +250,10 @@ def run_phase(servers: Servers, mode: str, clients: int, requests_per_client: in
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed ({proc.returncode}): {err.decode()[-2000:]}")
     result = json.loads(out)
-    relay_cpu = cpu_seconds(workers) - cpu_before
+    relay_cpu = cpu_seconds_total(workers) - cpu_before
     result.update(mode=mode, clients=clients, relay_cpu_s=relay_cpu, relay_cores=relay_cpu / wall,
-                  sim_cores=(cpu_seconds([servers.sim.pid]) - sim_before) / wall, rss_mb=peak_rss,
-                  box_cores=(machine_busy_ticks() - box_before) / _TICK / wall,
+                  sim_cores=(cpu_seconds_total([servers.sim.pid]) - sim_before) / wall, rss_mb=peak_rss,
+                  box_cores=(machine_busy_s() - box_before) / wall,
                   relay_us_per_token=relay_cpu / result["tokens"] * 1e6 if result["tokens"] else float("nan"))
     return result
 
@@ -492,12 +345,12 @@ def main() -> int:
     slow = not (args.quick or args.no_slow)
     with open("/proc/cpuinfo") as f:
         cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    servers = Servers(args.workers, not args.no_pin)
+    servers = Platform("bench_relay_", web_workers=args.workers, pin=not args.no_pin, models_file=MODELS_FILE)
     t0 = time.monotonic()
     try:
         servers.start()
-        print(f"machine: {os.cpu_count()} cores ({cpu_model}); gunicorn workers: {len(servers.workers())} "
-              f"(pinned: {not args.no_pin}, pids {servers.workers()}); "
+        print(f"machine: {os.cpu_count()} cores ({cpu_model}); gunicorn workers: {len(servers.web_workers())} "
+              f"(pinned: {not args.no_pin}, pids {servers.web_workers()}); "
               f"simulator :{servers.sim_port}, relay :{servers.web_port}; "
               f"tmp {servers.tmp}", flush=True)
         run_phase(servers, "relay", 2, 1)  # warm-up: imports, first connections, the database file

@@ -37,23 +37,18 @@ import http.client
 import itertools
 import json
 import os
-import secrets
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python"
-GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
+from benchkit import Platform, cpu_seconds, cpu_seconds_total, http_json, machine_busy_s, pct
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run"]
@@ -68,8 +63,6 @@ IDLE_CAP_S = 60.0
 CPU_TARGET = 0.05  # of one core, added by following a job
 DELAY_TARGET_S = 1.5
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
 
 # --- small helpers -------------------------------------------------------------------------------
 
@@ -78,156 +71,8 @@ def now() -> float:
     return time.perf_counter()
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def ms(value: float) -> str:
     return "   n/a" if value != value else f"{value * 1000:6.0f}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of one process (all its threads, not its children); None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
-
-
-def machine_busy_s() -> float:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / _TICK
-
-
-def http_json(method: str, url: str, body: Any = None, timeout: float = 10) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read() or b"null")
-
-
-def wait_http(url: str, deadline_s: float) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {deadline_s:g} s")
-
-
-# --- the processes -------------------------------------------------------------------------------
-
-
-class Stack:
-    """Simulator, gunicorn and the stress worker, each in its own process group with a log file."""
-
-    def __init__(self, overrides: dict[str, str]) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="bench_stress_"))
-        self.sim_port, self.web_port = free_port(), free_port()
-        self.db_path = self.tmp / "app.db"
-        self.outputs = self.tmp / "outputs"
-        self.env = {
-            **os.environ,
-            "ENVIRONMENT": "production",
-            "PEP_SERVER__SECRET_KEY": secrets.token_hex(16),
-            "HOST": "127.0.0.1",
-            "PORT": str(self.web_port),
-            "SIMULATOR_PORT": str(self.sim_port),
-            "PEP_DATABASE__PATH": str(self.db_path),
-            "PEP_LOGGING__DIR": str(self.tmp / "logs"),
-            "PEP_STRESS__OUTPUTS_DIR": str(self.outputs),
-            "PEP_STRESS__LOGS_DIR": str(self.tmp / "stress-logs"),
-            "PEP_STRESS__DATASETS_DIR": str(self.tmp / "datasets"),
-            **overrides,
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.evalscope_pgids: set[int] = set()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
-
-    def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        with open(self.tmp / log_name, "ab") as log:
-            proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def start(self) -> None:
-        # As start.sh: fail early on bad configuration and apply the migrations, then start all three.
-        subprocess.run([str(PYTHON), "-c", "from backend.app import create_app; create_app()"],
-                       cwd=ROOT, env=self.env, check=True, timeout=120, capture_output=True)
-        self.sim = self._spawn([str(PYTHON), "-m", "backend.simulator", "--host", "127.0.0.1",
-                                "--port", str(self.sim_port)], "simulator.log")
-        self.web = self._spawn([str(GUNICORN), "--config", "config/gunicorn.conf.py"], "gunicorn.log")
-        self.worker = self._spawn([str(PYTHON), "-m", "backend.stress.worker"], "stress-worker.log")
-        wait_http(f"http://127.0.0.1:{self.sim_port}/v1/models", 30)
-        wait_http(f"{self.base}/health", 30)
-        # The worker is up once it has written its heartbeat row.
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            with contextlib.suppress(OSError, KeyError):
-                if http_json("GET", f"{self.base}/api/v1/stress-tests?limit=1")["worker"]["alive"]:
-                    return
-            if self.worker.poll() is not None:
-                raise RuntimeError(f"the worker exited ({self.worker.returncode}); see {self.tmp}/stress-worker.log")
-            time.sleep(0.2)
-        raise RuntimeError("the stress worker did not report alive within 30 s")
-
-    def stop(self) -> None:
-        # The worker first: on SIGTERM it ends the evalscope runs it follows (their own process groups).
-        for proc in reversed(self.procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
-        for pgid in self.evalscope_pgids:  # only if the worker could not end them, and only ours
-            try:
-                cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(self.outputs).encode() in cmdline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGKILL)
 
 
 # --- watchers (threads; each loop bounded in iterations and time) --------------------------------
@@ -489,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
     if len(counts) != len(CONCURRENCY):
         raise SystemExit(f"--requests: give {len(CONCURRENCY)} numbers")
     t_start = now()
-    stack = Stack(overrides)
+    stack = Platform("bench_stress_", worker=True, env=overrides)
     browser: Browser | None = None
     stop = threading.Event()
     threads: list[threading.Thread] = []
@@ -499,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
         settings = {"poll_interval_s": overrides.get("PEP_STRESS__POLL_INTERVAL_S", "config"),
                     "sse_poll_s": overrides.get("PEP_STRESS__SSE_POLL_S", "config")}
         print(f"machine: {os.cpu_count()} cores; worker pid {stack.worker.pid}; gunicorn :{stack.web_port} "
-              f"(workers {children(stack.web.pid)}); simulator :{stack.sim_port}; overrides {settings}; "
+              f"(workers {stack.web_workers()}); simulator :{stack.sim_port}; overrides {settings}; "
               f"tmp {stack.tmp}", flush=True)
         if not args.no_browser:
             try:
@@ -512,8 +357,8 @@ def run(args: argparse.Namespace) -> int:
         # -- job phase --
         wall_minus_mono = time.time() - now()
         busy0, cpu0, t0 = machine_busy_s(), cpu_seconds(stack.worker.pid), now()
-        web_pids = children(stack.web.pid)
-        web0 = sum(cpu_seconds(p) or 0.0 for p in web_pids)
+        web_pids = stack.web_workers()
+        web0 = cpu_seconds_total(web_pids)
         body = {"model": MODEL, "concurrency": CONCURRENCY, "requests": counts, "dataset": "prompt",
                 "prompt": "Benchmark the stress worker: say something steady.", "output_tokens": OUTPUT_TOKENS}
         job = http_json("POST", f"{stack.base}/api/v1/stress-tests", body)
@@ -540,13 +385,13 @@ def run(args: argparse.Namespace) -> int:
                 break
             pid = status.get("pid")
             if pid:
-                stack.evalscope_pgids.add(pid)
+                stack.job_pgids.add(pid)  # killed by stop() if the worker could not end it
                 evalscope_cpu = max(evalscope_cpu, cpu_seconds(pid) or 0.0)
             timeline.append((now(), cpu_seconds(stack.worker.pid) or timeline[-1][1]))
             time.sleep(0.1)
         t1, cpu1, busy1 = now(), cpu_seconds(stack.worker.pid), machine_busy_s()
         timeline.append((t1, cpu1 or timeline[-1][1]))
-        web1 = sum(cpu_seconds(p) or 0.0 for p in web_pids)
+        web1 = cpu_seconds_total(web_pids)
         job_s = t1 - t0
         final_status = status.get("status")
         if final_status != "completed":
