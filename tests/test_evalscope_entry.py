@@ -8,10 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from backend.stress import evalscope_entry
 from backend.stress.bedrock_plugin import BEDROCK_API, region_from_url
@@ -178,3 +181,142 @@ def _fake_run(root: Path, *, api: str = "openai", tokenizer: str | None = None, 
 )
 def test_token_source(tmp_path: Path, api: str, tokenizer: str | None, log: str, expected: str) -> None:
     assert evalscope_entry.token_source(_fake_run(tmp_path, api=api, tokenizer=tokenizer, log=log)) == expected
+
+
+def test_correct_times_maps_each_timestamp_to_when_its_bytes_were_received() -> None:
+    from evalscope.perf.utils.benchmark_util import BenchmarkData
+
+    timing = evalscope_entry.RequestTiming()
+    timing.written_at = 9.95
+    # Three reads of the body: when each returned, and when its last bytes had come in.
+    timing.read_at = [10.00, 10.10, 10.20]
+    timing.received_at = [9.99, 10.05, 10.15]
+    # evalscope parsed the first token after the second read, the next one and the last message after the third.
+    output = BenchmarkData(start_time=9.90, first_chunk_latency=0.21, inter_chunk_latency=[0.10], query_latency=0.32)
+    output.completed_time = 10.22
+
+    evalscope_entry.correct_times(output, timing)
+
+    assert output.start_time == 9.95
+    assert output.first_chunk_latency == pytest.approx(0.10)  # 10.05 - 9.95
+    assert output.inter_chunk_latency == pytest.approx([0.10])  # 10.15 - 10.05
+    assert output.query_latency == pytest.approx(0.20)  # 10.15 - 9.95
+    assert output.completed_time == pytest.approx(10.15)
+
+
+def test_correct_times_never_moves_a_timestamp_later_and_leaves_unknown_ones() -> None:
+    from evalscope.perf.utils.benchmark_util import BenchmarkData
+
+    timing = evalscope_entry.RequestTiming()
+    timing.read_at, timing.received_at = [10.0], [10.5]  # a stamp later than the read: impossible, ignored
+    output = BenchmarkData(start_time=9.0, first_chunk_latency=1.2, query_latency=1.2)
+    evalscope_entry.correct_times(output, timing)
+    assert (output.start_time, output.first_chunk_latency, output.query_latency) == (9.0, 1.2, 1.2)
+
+    before_any_read = BenchmarkData(start_time=9.0, first_chunk_latency=0.5, query_latency=0.5)
+    evalscope_entry.correct_times(before_any_read, timing)  # 9.5 is before the first read: no stamp for it
+    assert (before_any_read.first_chunk_latency, before_any_read.query_latency) == (0.5, 0.5)
+
+
+SLOW_PARSE_S = 0.03
+GAP_S = 0.02
+
+
+class _StreamServer:
+    """An OpenAI-style SSE server in its own thread and loop that records, on this process's clock, what it did."""
+
+    def __init__(self, tokens: int = 5) -> None:
+        self.tokens = tokens
+        self.records: list[dict[str, float]] = []
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        arrival = time.perf_counter()
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n')
+        await asyncio.sleep(GAP_S)
+        record = {"arrival": arrival}
+        for i in range(self.tokens):
+            await response.write(f'data: {{"choices":[{{"index":0,"delta":{{"content":"tok{i} "}}}}]}}\n\n'.encode())
+            record.setdefault("first", time.perf_counter())
+            record["last"] = time.perf_counter()
+            if i < self.tokens - 1:
+                await asyncio.sleep(GAP_S)
+        usage = {"prompt_tokens": 3, "completion_tokens": self.tokens, "total_tokens": 3 + self.tokens}
+        await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode())
+        await response.write_eof()
+        self.records.append(record)
+        return response
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handle)
+        runner = web.AppRunner(app)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        port = runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+
+    def __enter__(self) -> _StreamServer:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@pytest.mark.usefixtures("entry_installed")
+def test_a_slow_parse_inflates_plain_times_but_not_the_corrected_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evalscope.perf.arguments import Arguments
+    from evalscope.perf.plugin.api import default_api
+    from evalscope.perf.plugin.api.openai_api import OpenaiPlugin
+
+    original_add_chunk = default_api.StreamedResponseHandler.add_chunk
+
+    def slow_add_chunk(self: object, chunk_bytes: bytes) -> list[str]:
+        # The event loop is stuck after the first and the last token's bytes came in, as when it is busy
+        # parsing other streams' chunks: the receive time is known, evalscope's parse time is late.
+        if b"tok0 " in chunk_bytes or b"tok4 " in chunk_bytes:
+            time.sleep(SLOW_PARSE_S)
+        return original_add_chunk(self, chunk_bytes)
+
+    monkeypatch.setattr(default_api.StreamedResponseHandler, "add_chunk", slow_add_chunk)
+    args = Arguments(model="m", url="http://127.0.0.1:9/v1/chat/completions", prompt="p")
+    plugin = OpenaiPlugin(args)
+    body = {"model": "m", "messages": [{"role": "user", "content": "p"}], "stream": True}
+    corrected_call = default_api.DefaultApiPlugin.process_request
+    plain_call = corrected_call.__wrapped__
+
+    async def run(server: _StreamServer) -> list:
+        async with aiohttp.ClientSession(trace_configs=[evalscope_entry._WRITE_TRACE]) as session:
+            return [await call(plugin, session, server.url, {}, body) for call in (plain_call, corrected_call)]
+
+    with _StreamServer() as server:
+        plain, corrected = asyncio.run(run(server))
+    true = [
+        {"ttft": r["first"] - r["arrival"], "latency": r["last"] - r["arrival"], "decode": r["last"] - r["first"]}
+        for r in server.records
+    ]
+    assert plain.success and corrected.success
+    assert plain.generated_text == corrected.generated_text == "tok0 tok1 tok2 tok3 tok4 "
+    tolerance = 0.008
+    assert plain.first_chunk_latency - true[0]["ttft"] > SLOW_PARSE_S - 0.005
+    assert abs(corrected.first_chunk_latency - true[1]["ttft"]) < tolerance
+    # The last message (usage) was parsed after the slow last token: the request's latency too.
+    assert plain.query_latency - true[0]["latency"] > SLOW_PARSE_S - 0.005
+    assert abs(corrected.query_latency - true[1]["latency"]) < tolerance
+    assert len(corrected.inter_chunk_latency) == 4
+    assert abs(sum(corrected.inter_chunk_latency) - true[1]["decode"]) < tolerance
+    assert corrected.completed_time == pytest.approx(corrected.start_time + corrected.query_latency)

@@ -41,6 +41,34 @@ the ``evalscope`` console script) after these things happen in this process:
    later than evalscope's start, ``start_time`` moves to it and ``first_chunk_latency`` and
    ``query_latency`` shrink by the difference. Nothing else of the request or response path changes.
 
+6. **A response chunk's time is when its bytes were received, not when evalscope got round to parsing
+   them.** evalscope's OpenAI plugin stamps each SSE message with ``time.perf_counter()`` after it has
+   read it from the stream, decoded it and run ``json.loads``, all in the one event loop that also
+   serves every other stream; at 100-200 concurrent streams whose tokens come in the same step
+   instant, the later streams of a burst waited several ms for the loop before being parsed, and that
+   wait was counted in TTFT (and, at the end of a reply, in TPOT). Two small wrappers (the first costs
+   one ``perf_counter()`` per chunk on every connection; the second records only inside our
+   ``process_request`` wrapper):
+
+   * ``aiohttp.streams.StreamReader.feed_data`` (called from ``ResponseHandler.data_received``, right
+     after ``recv`` and aiohttp's C HTTP parser, once per HTTP chunk of payload): stores
+     ``perf_counter()`` on the connection's protocol object (``ResponseHandler`` has a ``__dict__``;
+     ``StreamReader`` has ``__slots__``), i.e. when the latest payload bytes of that connection came in;
+   * ``aiohttp.streams.StreamReader._read_nowait`` (every read path of a response body ends there,
+     ``readany`` for evalscope's ``iter_any``): when it returns bytes inside our ``process_request``
+     wrapper, it appends (now, the protocol's latest receive stamp) to that request's list.
+
+   A read drains everything buffered, so the stamp is when the last of the bytes it returns arrived:
+   never earlier than any of them, never later than the read. After the original ``process_request``
+   has returned, each timestamp evalscope took (first output token, each later output chunk, the last
+   message) is mapped to the read it was taken after (``bisect`` on the read times) and replaced by that
+   read's receive stamp; ``first_chunk_latency``, ``inter_chunk_latency``, ``completed_time`` and
+   ``query_latency`` are recomputed from the replaced times. Which message is the first token is still
+   evalscope's own decision (the role-only first chunk of an OpenAI stream is not one). aiohttp's
+   ``on_response_chunk_received`` trace is no alternative: it fires only from ``ClientResponse.read()``,
+   once for a whole non-streamed body. Nothing else of the request or response path changes: the same
+   bytes are read in the same pieces and parsed by evalscope's own code.
+
 Where a run's token counts came from is written to evalscope's ``benchmark.log``: evalscope counts
 with a tokenizer only when a response carries no usage, and we wrap the tokenizer counting method of
 its OpenAI plugin to log ``TOKENIZER_MARKER`` the first time that happens. ``token_source`` reads it.
@@ -54,12 +82,15 @@ import os
 import sys
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from contextvars import ContextVar
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp.streams import StreamReader
 from evalscope.cli.cli import run_cmd
 from evalscope.perf import main as _perf_main  # noqa: F401 - imported for its import-time objects
 from evalscope.perf.core import http_client
@@ -80,9 +111,32 @@ from backend.stress.evalscope_args import (  # noqa: F401 - part of this module'
 PROXY_ENV = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
+# Set on aiohttp's ResponseHandler (the connection's protocol) when payload bytes come in (perf_counter).
+RECEIVED_ATTR = "_pep_received_at"
+
 _installed = False
-# When the body of the request being processed in this task was handed to the socket (perf_counter).
-_written_at: ContextVar[list[float] | None] = ContextVar("written_at", default=None)
+_perf_counter = time.perf_counter
+
+
+class RequestTiming:
+    """What our wrappers saw of the request being processed in one task (all ``perf_counter`` times)."""
+
+    __slots__ = ("read_at", "received_at", "written_at")
+
+    def __init__(self) -> None:
+        self.written_at: float | None = None  # when aiohttp handed the body to the socket
+        self.read_at: list[float] = []  # when each read of the response body returned bytes
+        self.received_at: list[float] = []  # when the last bytes that read returned were received
+
+    def arrival(self, stamp: float) -> float:
+        """When the bytes behind a timestamp taken while handling a read were received (``stamp`` if unknown)."""
+        index = bisect_right(self.read_at, stamp) - 1
+        if index < 0:
+            return stamp
+        return min(stamp, self.received_at[index])
+
+
+_timing: ContextVar[RequestTiming | None] = ContextVar("pep_request_timing", default=None)
 _announce_lock = threading.Lock()
 _announced: set[str] = set()
 
@@ -122,6 +176,8 @@ def install() -> None:
 
     _wrap(http_client.AioHttpClient, "__init__", _after_client_init)
     DefaultApiPlugin.process_request = _timed_process_request(DefaultApiPlugin.process_request)
+    StreamReader.feed_data = _stamped_feed_data(StreamReader.feed_data)  # type: ignore[method-assign]
+    StreamReader._read_nowait = _recorded_read_nowait(StreamReader._read_nowait)  # type: ignore[method-assign]
     _wrap(OpenaiPlugin, "_count_output_tokens", _after_tokenizer_count)
 
 
@@ -153,9 +209,9 @@ def _after_client_init(client: http_client.AioHttpClient) -> None:
 
 
 async def _on_request_chunk_sent(_session: Any, _ctx: Any, _params: Any) -> None:
-    marks = _written_at.get()
-    if marks is not None and not marks:
-        marks.append(time.perf_counter())
+    timing = _timing.get()
+    if timing is not None and timing.written_at is None:
+        timing.written_at = _perf_counter()
 
 
 _WRITE_TRACE = aiohttp.TraceConfig()
@@ -163,21 +219,80 @@ _WRITE_TRACE.on_request_chunk_sent.append(_on_request_chunk_sent)
 _WRITE_TRACE.freeze()
 
 
+def _stamped_feed_data(original: Callable[..., bool]) -> Callable[..., bool]:
+    def feed_data(self: StreamReader, data: bytes, size: int = 0) -> bool:
+        if data:
+            try:  # noqa: SIM105 - once per chunk: cheaper than contextlib.suppress
+                setattr(self._protocol, RECEIVED_ATTR, _perf_counter())
+            except AttributeError:  # a protocol without a __dict__: no stamp, evalscope's times stay
+                pass
+        return original(self, data, size)
+
+    feed_data.__wrapped__ = original  # type: ignore[attr-defined]
+    return feed_data
+
+
+def _recorded_read_nowait(original: Callable[..., bytes]) -> Callable[..., bytes]:
+    def _read_nowait(self: StreamReader, n: int) -> bytes:
+        data = original(self, n)
+        if data:
+            timing = _timing.get()
+            if timing is not None:
+                received_at = getattr(self._protocol, RECEIVED_ATTR, None)
+                if received_at is not None:
+                    timing.read_at.append(_perf_counter())
+                    timing.received_at.append(received_at)
+        return data
+
+    _read_nowait.__wrapped__ = original  # type: ignore[attr-defined]
+    return _read_nowait
+
+
+def correct_times(output: BenchmarkData, timing: RequestTiming) -> None:
+    """Move ``output``'s timestamps to when its bytes were received and its request written (see the docstring)."""
+    start = output.start_time
+    if not start:
+        return
+    if timing.read_at:
+        # evalscope's own timestamps, rebuilt from what it stored: first output, each later output chunk, last message.
+        if output.first_chunk_latency:
+            first = start + output.first_chunk_latency
+            stamps = [first]
+            for gap in output.inter_chunk_latency:
+                stamps.append(stamps[-1] + gap)
+            early = [stamp - timing.arrival(stamp) for stamp in stamps]  # how much earlier each one came in
+            if any(early):
+                output.first_chunk_latency -= early[0]
+                output.inter_chunk_latency = [
+                    gap - (later - earlier)
+                    for gap, (earlier, later) in zip(output.inter_chunk_latency, pairwise(early), strict=True)
+                ]
+        if output.query_latency:
+            last = start + output.query_latency
+            early_last = last - timing.arrival(last)
+            if early_last:
+                output.query_latency -= early_last
+                if output.completed_time:
+                    output.completed_time = start + output.query_latency
+    written = timing.written_at
+    if written is not None and written > start:
+        shift = written - start
+        output.start_time = written
+        if output.first_chunk_latency:
+            output.first_chunk_latency = max(output.first_chunk_latency - shift, 0.0)
+        if output.query_latency:
+            output.query_latency = max(output.query_latency - shift, 0.0)
+
+
 def _timed_process_request(original: Callable[..., Any]) -> Callable[..., Any]:
     async def process_request(self: Any, client_session: Any, url: str, headers: dict, body: dict) -> BenchmarkData:
-        marks: list[float] = []
-        token = _written_at.set(marks)
+        timing = RequestTiming()
+        token = _timing.set(timing)
         try:
             output = await original(self, client_session, url, headers, body)
         finally:
-            _written_at.reset(token)
-        if marks and output.start_time and marks[0] > output.start_time:
-            shift = marks[0] - output.start_time
-            output.start_time = marks[0]
-            if output.first_chunk_latency:
-                output.first_chunk_latency = max(output.first_chunk_latency - shift, 0.0)
-            if output.query_latency:
-                output.query_latency = max(output.query_latency - shift, 0.0)
+            _timing.reset(token)
+        correct_times(output, timing)
         return output
 
     process_request.__wrapped__ = original  # type: ignore[attr-defined]
