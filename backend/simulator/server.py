@@ -8,7 +8,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from backend.simulator.chat import (
     PROMPT_PREVIEW_CHARS,
@@ -127,8 +127,37 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data}, dumps=_dumps)
 
 
+# When each connection last received bytes (by id of aiohttp's protocol object, which has __slots__).
+_received_at: dict[int, float] = {}
+
+
+def _stamp_arrivals() -> None:
+    """Record a request's arrival when its bytes reach this process, not when its handler gets to run.
+
+    Under load the event loop is busy writing hundreds of streams, and a request can wait there for
+    milliseconds before its handler starts; a client sees that wait as time to first token, so the
+    "true" figures that /sim/requests reports must include it.
+    """
+    handler_class = web_protocol.RequestHandler
+    if getattr(handler_class, "_pep_stamped", False):
+        return
+    received, lost = handler_class.data_received, handler_class.connection_lost
+
+    def data_received(self: web_protocol.RequestHandler, data: bytes) -> None:
+        _received_at[id(self)] = time.time()
+        received(self, data)
+
+    def connection_lost(self: web_protocol.RequestHandler, exc: BaseException | None) -> None:
+        _received_at.pop(id(self), None)
+        lost(self, exc)
+
+    handler_class.data_received = data_received  # type: ignore[method-assign]
+    handler_class.connection_lost = connection_lost  # type: ignore[method-assign]
+    handler_class._pep_stamped = True  # type: ignore[attr-defined]
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    arrival = time.time()
+    arrival = min(time.time(), _received_at.get(id(request.protocol), float("inf")))
     if (denied := _unauthorized(request)) is not None:
         return denied
     state = request.app[STATE_KEY]
@@ -285,6 +314,7 @@ async def sim_requests(request: web.Request) -> web.Response:
 
 
 def create_app(profiles: dict[str, Profile], seed: int = 0, api_key: str | None = None) -> web.Application:
+    _stamp_arrivals()
     app = web.Application()
     app[STATE_KEY] = SimulatorState(seed=seed, api_key=api_key, profiles=profiles)
     app.router.add_get("/v1/models", list_models)
