@@ -321,7 +321,7 @@ def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -
                     state.usage = event
                 elif event_type is Done:
                     state.finish_reason = event.finish_reason
-                elif event_type is ProviderError:
+                elif isinstance(event, ProviderError):
                     state.error = event
                 elif event is _END:
                     frames.append(_finish(state, perf_counter()))
