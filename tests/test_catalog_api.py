@@ -7,8 +7,8 @@ import pytest
 from moto import mock_aws
 
 from backend.app import create_app
+from tests.support.emd_stacks import ECS_TEMPLATE, create_emd_stack
 from tests.support.simulator import SimulatorProcess, free_port
-from tests.test_emd_discovery import ECS_TEMPLATE, create_emd_stack
 
 
 def _by_key(response) -> dict:  # type: ignore[no-untyped-def]

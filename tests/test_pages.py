@@ -15,7 +15,7 @@ from backend.catalog.registry import ModelSpec
 from backend.catalog.service import get_catalog
 from backend.db import db
 from backend.inference.models import InferenceResult, InferenceRun
-from tests.test_emd_discovery import ECS_TEMPLATE, create_emd_stack
+from tests.support.emd_stacks import ECS_TEMPLATE, create_emd_stack
 
 HTMX = {"HX-Request": "true"}
 

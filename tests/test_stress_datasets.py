@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.simulator import SimulatorProcess
+from tests.support.stress import ThreadWorker, finished, make_app
 from tests.support.tokenizer import make_tokenizer
-from tests.test_stress_jobs import ThreadWorker, finished, make_app
 
 
 @pytest.fixture(scope="module")
