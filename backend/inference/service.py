@@ -31,7 +31,7 @@ from backend.inference.disconnect import watch_for_departure
 from backend.inference.media import MediaError, decode_base64, decode_image, sample_video_frames
 from backend.inference.models import InferenceResult, InferenceRun
 from backend.inference.schema import InferenceBody
-from backend.providers import provider_for
+from backend.providers import streamer_for
 from backend.providers.base import (
     Cancellation,
     ChatRequest,
@@ -47,6 +47,15 @@ from backend.providers.base import (
 from backend.sse import PING, sse_event, sse_frame_prefix
 
 log = logging.getLogger(__name__)
+
+def _gevent_spawn_raw() -> Any:
+    """gevent's cheapest way to start a greenlet, when gevent has patched threading (gunicorn's worker)."""
+    try:
+        from gevent import monkey, spawn_raw
+    except ImportError:
+        return None
+    return spawn_raw if monkey.is_module_patched("threading") else None
+
 
 _END = object()  # a pump's last item
 _CLIENT_GONE = object()  # the watcher saw the client close its connection
@@ -257,10 +266,8 @@ def _pump(state: ModelState, catalog: Catalog, out: _Mailbox) -> None:
     put = out.put
     try:
         target = planned.manual_target or catalog.target(planned.spec)  # type: ignore[arg-type]
-        for event in provider_for(target)(target, planned.request, state.cancel):
-            if state.cancel.is_set():
-                return
-            put((state, event))
+        # Under gevent the OpenAI-compatible streamer calls emit from the event loop: it only appends.
+        streamer_for(target)(target, planned.request, state.cancel, lambda event: put((state, event)))
     except ProviderError as exc:
         put((state, exc))
     except Exception as exc:  # a bug or an unexpected library error still ends only this model
@@ -268,6 +275,20 @@ def _pump(state: ModelState, catalog: Catalog, out: _Mailbox) -> None:
         put((state, ProviderError("upstream", f"unexpected error: {exc.__class__.__name__}: {exc}")))
     finally:
         put((state, _END))
+
+
+def _start_pump(state: ModelState, catalog: Catalog, out: _Mailbox) -> None:
+    """A greenlet under gevent, else a daemon thread.
+
+    Not ``threading.Thread`` under gevent: its ``start()`` waits until the new greenlet has run, a whole
+    turn of a busy event loop per model before the relay can go on (measured at 200 clients).
+    """
+    spawn_raw = _gevent_spawn_raw()
+    if spawn_raw is not None:
+        spawn_raw(_pump, state, catalog, out)
+    else:
+        threading.Thread(target=_pump, args=(state, catalog, out), daemon=True,
+                         name=f"pump-{state.planned.key}").start()
 
 
 def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -> Iterator[bytes]:
@@ -293,8 +314,7 @@ def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -
         now = perf_counter()
         for state in states:
             state.started = now
-            threading.Thread(target=_pump, args=(state, catalog, mailbox), daemon=True,
-                             name=f"pump-{state.planned.key}").start()
+            _start_pump(state, catalog, mailbox)
         deadline = now + plan.model_timeout_s
         last_write = now
         while remaining:

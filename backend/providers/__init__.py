@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from backend.providers.base import Provider, Target
+from collections.abc import Callable
+
+from backend.providers.base import Cancellation, ChatRequest, Provider, Streamer, StreamEvent, Target
 
 
 def provider_for(target: Target) -> Provider:
@@ -13,3 +15,21 @@ def provider_for(target: Target) -> Provider:
     from backend.providers import openai_compat
 
     return openai_compat.stream
+
+
+def streamer_for(target: Target) -> Streamer:
+    """The callback form of a target's provider: its own when it has one, else its iterator driven by a loop."""
+    if target.provider == "openai":
+        from backend.providers import openai_compat
+
+        return openai_compat.stream_to
+    provider = provider_for(target)
+
+    def drive(target: Target, request: ChatRequest, cancel: Cancellation,
+              emit: Callable[[StreamEvent], None]) -> None:
+        for event in provider(target, request, cancel):
+            if cancel.is_set():
+                return
+            emit(event)
+
+    return drive

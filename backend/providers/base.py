@@ -2,7 +2,9 @@
 
 A provider is a callable ``stream(target, request, cancel) -> Iterator[StreamEvent]``. It yields
 ``Delta`` and ``Reasoning`` as text arrives, at most one ``Usage`` and one final ``Done``; it raises
-``ProviderError`` with a category for anything that goes wrong. Providers know nothing of Flask.
+``ProviderError`` with a category for anything that goes wrong. The relay drives providers through the
+callback form (``Streamer``), which a provider may implement itself to read faster (openai_compat does).
+Providers know nothing of Flask.
 """
 
 from __future__ import annotations
@@ -156,3 +158,10 @@ class Cancellation:
 
 class Provider(Protocol):
     def __call__(self, target: Target, request: ChatRequest, cancel: Cancellation) -> Iterator[StreamEvent]: ...
+
+
+class Streamer(Protocol):
+    """A provider driven by callbacks: ``emit`` gets each event; returns at the end, raises ProviderError."""
+
+    def __call__(self, target: Target, request: ChatRequest, cancel: Cancellation,
+                 emit: Callable[[StreamEvent], None]) -> None: ...

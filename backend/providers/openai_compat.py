@@ -1,21 +1,32 @@
 """OpenAI-compatible chat completions (vLLM, SGLang, EMD's router, the simulator, any manual URL).
 
-Streaming is the hot path of the relay: one small ``http.client`` connection per call, the body read
-as it arrives, and a small SSE splitter that only looks at ``data:`` lines, which is all the OpenAI
-stream uses. Per relayed token that is one ``json.loads`` and a few slices.
+Streaming is the relay's hot path, so the exchange is parsed by ``httptools`` (llhttp, the HTTP parser
+of Node.js and uvicorn) as bytes arrive, and the body goes through a small SSE splitter that only looks
+at ``data:`` lines, which is all the OpenAI stream uses: per token one ``json.loads`` and a few slices.
+
+Two ways to drive one exchange (``_Exchange``), with the same parsing and the same errors:
+
+* ``stream`` reads the socket in a loop and yields events: for a thread, a greenlet, a check, a test.
+* ``stream_to`` hands each event to a callback. Under gevent, for plain-HTTP streams, the socket is read
+  by the event loop itself: a callback on the file descriptor parses what arrived and emits the tokens,
+  with no greenlet switch and no failed ``recv`` per token, and the tokens of several streams that
+  arrive together reach the relay in one wake-up (measured in docs/PERFORMANCE.md). Elsewhere it
+  iterates ``stream``.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import http.client
 import json
+import logging
 import socket
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
+
+import httptools
 
 from backend.providers.base import (
     Cancellation,
@@ -30,7 +41,11 @@ from backend.providers.base import (
     code_for_status,
 )
 
+log = logging.getLogger(__name__)
+
 _ERROR_BODY_LIMIT = 4096
+_WHOLE_BODY_LIMIT = 64 * 1024 * 1024  # a non-streamed answer larger than this is not an answer
+_READ_SIZE = 65536
 
 
 def build_messages(request: ChatRequest) -> list[dict[str, Any]]:
@@ -66,25 +81,182 @@ def build_body(target: Target, request: ChatRequest) -> dict[str, Any]:
     return body
 
 
-def iter_sse_data(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """The ``data`` of each server-sent event in a byte stream (multi-line data joined by newlines)."""
-    pending = b""
-    data_lines: list[bytes] = []
-    for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
+class _SseDecoder:
+    """The ``data`` of each server-sent event, fed as it arrives, decoded as OpenAI stream chunks.
+
+    Emits ``Reasoning`` and ``Delta`` as they come; ``finish`` emits the ``Usage`` (if the server sent one)
+    and ``Done``. Raises ProviderError for a chunk that is not JSON or that carries an error.
+    """
+
+    __slots__ = ("_data_lines", "_emit", "_pending", "_target", "done", "finish_reason", "usage")
+
+    def __init__(self, target: Target, emit: Callable[[StreamEvent], None]) -> None:
+        self._target = target
+        self._emit = emit
+        self._pending = b""
+        self._data_lines: list[bytes] = []
+        self.done = False  # "data: [DONE]" seen
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+
+    def feed(self, data: bytes) -> None:
+        pending = self._pending + data if self._pending else data
+        *lines, self._pending = pending.split(b"\n")
+        data_lines = self._data_lines
         for line in lines:
             if line.endswith(b"\r"):
                 line = line[:-1]
             if not line:
                 if data_lines:
-                    yield b"\n".join(data_lines)
-                    data_lines = []
+                    self._chunk(b"\n".join(data_lines))
+                    data_lines.clear()
+                    if self.done:
+                        return
             elif line.startswith(b"data:"):
                 data_lines.append(line[6:] if line[5:6] == b" " else line[5:])
             # comments (":"), "event:", "id:" and "retry:" lines carry nothing for chat completions
-    if data_lines:
-        yield b"\n".join(data_lines)
+
+    def end_of_body(self) -> None:
+        """The body ended: an event not closed by a blank line still counts."""
+        if self._pending:
+            self.feed(b"\n")
+        if self._data_lines and not self.done:
+            self._chunk(b"\n".join(self._data_lines))
+            self._data_lines.clear()
+
+    def finish(self) -> None:
+        if self.usage is not None:
+            self._emit(self.usage)
+        self._emit(Done(self.finish_reason))
+
+    def _chunk(self, data: bytes) -> None:
+        if data == b"[DONE]":
+            self.done = True
+            return
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise ProviderError("upstream", f"{self._target.key}: malformed stream chunk: {data[:120]!r}") from None
+        if not isinstance(chunk, dict):
+            raise ProviderError("upstream", f"{self._target.key}: malformed stream chunk: {data[:120]!r}")
+        if "error" in chunk:
+            error = chunk["error"]
+            message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+            raise ProviderError("upstream", message)
+        choices = chunk.get("choices")
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta")
+            if delta:
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if reasoning:
+                    self._emit(Reasoning(reasoning))
+                content = delta.get("content")
+                if content:
+                    self._emit(Delta(content))
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+
+class _Exchange:
+    """One response, parsed by httptools as its bytes arrive, its events handed to ``emit``.
+
+    ``feed(data)`` (``b""`` at end of file) raises ProviderError for an HTTP error status, a malformed
+    response or stream, or a connection that ends too early; ``complete`` turns true after the last event.
+    httptools calls the ``on_*`` methods from inside ``feed_data``; they never raise (an exception there
+    would cross C code): a failure is kept in ``_error`` and raised by ``feed``.
+    """
+
+    __slots__ = ("_body", "_emit", "_error", "_framed", "_parser", "_reason", "_sse", "_streaming", "_target",
+                 "_url", "complete", "headers_done", "status")
+
+    def __init__(self, target: Target, url: str, streaming: bool, emit: Callable[[StreamEvent], None]) -> None:
+        self._target = target
+        self._url = url
+        self._streaming = streaming
+        self._emit = emit
+        self._parser = httptools.HttpResponseParser(self)
+        self._sse = _SseDecoder(target, emit)
+        self._body = bytearray()
+        self._reason = ""
+        self._framed = False  # Content-Length or chunked: the end of the body is known without EOF
+        self._error: ProviderError | None = None
+        self.status = 0
+        self.headers_done = False
+        self.complete = False
+
+    # httptools callbacks
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete or self._error is not None:
+            return
+        if self._streaming and self.status < 400:
+            try:
+                self._sse.feed(body)
+                if self._sse.done:
+                    self._finish()
+            except ProviderError as exc:
+                self._error = exc
+        elif len(self._body) < (_ERROR_BODY_LIMIT if self.status >= 400 else _WHOLE_BODY_LIMIT):
+            self._body += body
+
+    def on_message_complete(self) -> None:
+        if not self.complete and self._error is None:
+            self._end_of_body()
+
+    # driving
+    def feed(self, data: bytes) -> None:
+        if self.complete:
+            return
+        if data:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                if self._error is None:
+                    raise ProviderError("upstream", f"malformed HTTP response from {self._url}: {exc}") from None
+        elif not self.headers_done:
+            raise ProviderError("upstream", f"{self._url} closed the connection without an answer")
+        elif self._framed and self.status < 400:
+            raise ProviderError("upstream", f"connection to {self._url} broke: it closed in the middle of the answer")
+        elif self._error is None:
+            self._end_of_body()  # a body delimited by the end of the connection (or a cut-off error page)
+        if self._error is not None:
+            error, self._error = self._error, None
+            self.complete = True
+            raise error
+
+    def _end_of_body(self) -> None:
+        try:
+            if self.status >= 400:
+                raise ProviderError(code_for_status(self.status),
+                                    _error_message(self.status, bytes(self._body[:_ERROR_BODY_LIMIT]), self._reason),
+                                    status=self.status)
+            if self._streaming:
+                self._sse.end_of_body()
+                self._finish()
+            else:
+                _whole_answer(bytes(self._body), self._target, self._emit)
+                self.complete = True
+        except ProviderError as exc:
+            self._error = exc
+
+    def _finish(self) -> None:
+        self.complete = True
+        self._sse.finish()
 
 
 def _error_message(status: int, raw: bytes, reason: str) -> str:
@@ -106,130 +278,188 @@ def _error_message(status: int, raw: bytes, reason: str) -> str:
 _TLS = ssl.create_default_context()  # loading the CA bundle costs milliseconds: once per process
 
 
-def _open(url: str, connect_timeout_s: float) -> tuple[http.client.HTTPConnection, str]:
+def _request_bytes(target: Target, request: ChatRequest, url: str) -> tuple[str, str, int, bytes]:
+    """(scheme, host, port, the whole HTTP request); ProviderError for what cannot go into a request line."""
     parts = urlsplit(url)
-    if parts.scheme == "https":
-        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=connect_timeout_s, context=_TLS)
-    else:
-        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=connect_timeout_s)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProviderError("bad_request", f"{target.key}: {url!r} is not an http(s) URL")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return connection, path
+    if any(c <= " " or c == "\x7f" for c in path):
+        raise ProviderError("bad_request", f"{target.key}: the URL path contains spaces or control characters")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    body = json.dumps(build_body(target, request)).encode()
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {parts.netloc.rpartition('@')[2]}",
+        "User-Agent: performance-evaluation-platform",
+        "Content-Type: application/json",
+        "Accept: " + ("text/event-stream" if request.stream else "application/json"),
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    if target.api_key:
+        if any(c in target.api_key for c in "\r\n\x00"):
+            raise ProviderError("bad_request", f"{target.key}: the API key contains a line break")
+        lines.append(f"Authorization: Bearer {target.api_key}")
+    return parts.scheme, parts.hostname, port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def _shutdown(connection: http.client.HTTPConnection) -> None:
+def _connect(scheme: str, host: str, port: int, url: str, request: ChatRequest, cancel: Cancellation) -> socket.socket:
+    try:
+        sock = socket.create_connection((host, port), timeout=request.connect_timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if scheme == "https":
+            sock = _TLS.wrap_socket(sock, server_hostname=host)
+    except TimeoutError as exc:
+        raise ProviderError("timeout", f"connecting to {url} timed out") from exc
+    except OSError as exc:
+        if cancel.is_set():
+            raise ProviderError("cancelled", "cancelled") from exc
+        raise ProviderError("upstream", f"cannot connect to {url} ({exc.strerror or exc})") from exc
+    sock.settimeout(request.read_timeout_s)
+    return sock
+
+
+def _shutdown(sock: socket.socket) -> None:
     """Wake a reader blocked in recv() from another thread: close() alone does not, shutdown() does."""
-    sock = connection.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-def _chunks(response: http.client.HTTPResponse) -> Iterator[bytes]:
-    """The body as it arrives: read1 returns what one chunk (or the socket) has, never waits for all."""
-    read1 = response.read1
-    while data := read1(65536):
-        yield data
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def stream(target: Target, request: ChatRequest, cancel: Cancellation) -> Iterator[StreamEvent]:
-    """One chat completion over a plain ``http.client`` connection of its own.
+    """One chat completion over a connection of its own, read in a loop; yields events as they arrive.
 
-    A connection per call costs far less than a ``requests`` session (measured: ~1 ms of CPU per call
-    there), and one shared pool would be scanned on every open and close. Proxy variables are not used:
-    model endpoints are reached directly.
+    A connection per call: one shared pool would be scanned on every open and close (measured with
+    httpx), and a ``requests`` session costs ~1 ms of CPU per call. Proxy variables are not used: model
+    endpoints are reached directly.
     """
     url = target.chat_url
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if request.stream else
-               "application/json"}
-    if target.api_key:
-        headers["Authorization"] = f"Bearer {target.api_key}"
-    body = json.dumps(build_body(target, request)).encode()
-    connection, path = _open(url, request.connect_timeout_s)
-    cancel.on_cancel(lambda: _shutdown(connection))
+    scheme, host, port, payload = _request_bytes(target, request, url)
+    sock = _connect(scheme, host, port, url, request, cancel)
+    cancel.on_cancel(lambda: _shutdown(sock))
+    events: list[StreamEvent] = []
+    exchange = _Exchange(target, url, request.stream, events.append)
+    waiting_for_headers = True
     try:
-        try:
-            connection.connect()
-        except TimeoutError as exc:
-            raise ProviderError("timeout", f"connecting to {url} timed out") from exc
-        except OSError as exc:
+        sock.sendall(payload)
+        while not exchange.complete:
+            exchange.feed(sock.recv(_READ_SIZE))
+            if waiting_for_headers and exchange.headers_done:
+                waiting_for_headers = False
+                if request.stream:
+                    # From here the caller's deadline (a Cancellation) bounds the stream: a socket timeout
+                    # would cost a timer per read, per token.
+                    sock.settimeout(None)
             if cancel.is_set():
-                raise ProviderError("cancelled", "cancelled") from exc
-            raise ProviderError("upstream", f"cannot connect to {url} ({exc.strerror or exc})") from exc
-        connection.sock.settimeout(request.read_timeout_s)
-        connection.request("POST", path, body=body, headers=headers)
-        response = connection.getresponse()
-        if response.status >= 400:
-            raise ProviderError(code_for_status(response.status),
-                                _error_message(response.status, response.read(_ERROR_BODY_LIMIT), response.reason),
-                                status=response.status)
-        if request.stream:
-            # From here the caller's deadline (a Cancellation) bounds the stream: a socket timeout would
-            # cost a timer per read, per token, on the relay's hot path.
-            connection.sock.settimeout(None)
-            yield from _stream_events(response, cancel, target)
-        else:
-            yield from _whole_answer(response, target)
+                return
+            if events:
+                yield from events
+                events.clear()
     except TimeoutError as exc:
         if cancel.is_set():
             return
         raise ProviderError("timeout", f"no data from {url} for {request.read_timeout_s:g} s") from exc
-    except (OSError, http.client.HTTPException) as exc:
+    except OSError as exc:
         if cancel.is_set():
             return
         raise ProviderError("upstream", f"connection to {url} broke: {exc.__class__.__name__}") from exc
     finally:
-        connection.close()
+        sock.close()
 
 
-def _stream_events(response: http.client.HTTPResponse, cancel: Cancellation, target: Target) -> Iterator[StreamEvent]:
-    loads = json.loads
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    for data in iter_sse_data(_chunks(response)):
-        if cancel.is_set():
-            return
-        if data == b"[DONE]":
-            break
+def stream_to(target: Target, request: ChatRequest, cancel: Cancellation,
+              emit: Callable[[StreamEvent], None]) -> None:
+    """``stream``, with each event handed to ``emit``; returns at the end, raises ProviderError.
+
+    Under gevent, a plain-HTTP stream is read by the event loop (see the module's docstring): ``emit``
+    is then called from the loop, so it must not block. A cancelled call returns quietly.
+    """
+    url = target.chat_url
+    loop = _gevent_loop()
+    if loop is None or not request.stream or not url.startswith("http://"):
+        for event in stream(target, request, cancel):
+            emit(event)
+        return
+    _, host, port, payload = _request_bytes(target, request, url)
+    sock = _connect("http", host, port, url, request, cancel)
+    from gevent.event import Event
+
+    finished = Event()
+    outcome: list[ProviderError | None] = []
+    exchange = _Exchange(target, url, True, emit)
+    watcher = loop.io(sock.fileno(), 1)  # 1: readable
+
+    def end(error: ProviderError | None) -> None:
+        if not outcome:
+            watcher.stop()
+            outcome.append(error)
+            finished.set()
+
+    def on_readable() -> None:
         try:
-            chunk = loads(data)
-        except ValueError as exc:
-            raise ProviderError("upstream", f"{target.key}: malformed stream chunk: {data[:120]!r}") from exc
-        if "error" in chunk:
-            error = chunk["error"]
-            message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
-            raise ProviderError("upstream", message)
-        choices = chunk.get("choices")
-        if choices:
-            choice = choices[0]
-            delta = choice.get("delta")
-            if delta:
-                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                if reasoning:
-                    yield Reasoning(reasoning)
-                content = delta.get("content")
-                if content:
-                    yield Delta(content)
-            if choice.get("finish_reason"):
-                finish_reason = choice["finish_reason"]
-        if chunk.get("usage"):
-            usage = Usage(chunk["usage"].get("prompt_tokens"), chunk["usage"].get("completion_tokens"))
-    if usage is not None:
-        yield usage
-    yield Done(finish_reason)
+            data = sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            end(None if cancel.is_set() else
+                ProviderError("upstream", f"connection to {url} broke: {exc.__class__.__name__}"))
+            return
+        try:
+            exchange.feed(data)
+        except ProviderError as exc:
+            end(exc)
+            return
+        except Exception as exc:  # a bug here must end this stream, not the event loop's callback
+            log.exception("reading %s failed unexpectedly", url)
+            end(ProviderError("upstream", f"unexpected error: {exc.__class__.__name__}: {exc}"))
+            return
+        if exchange.complete:
+            end(None)
 
-
-def _whole_answer(response: http.client.HTTPResponse, target: Target) -> Iterator[StreamEvent]:
     try:
-        body = json.loads(response.read())
+        try:
+            sock.sendall(payload)
+        except OSError as exc:
+            if cancel.is_set():
+                return
+            raise ProviderError("upstream", f"connection to {url} broke: {exc.__class__.__name__}") from exc
+        sock.settimeout(0.0)  # the loop calls on_readable when there is data; recv must never wait
+        cancel.on_cancel(lambda: end(None))
+        watcher.start(on_readable)
+        # The answer must begin within the read timeout; after that the caller's deadline bounds it.
+        if not finished.wait(request.read_timeout_s) and not exchange.headers_done:
+            end(ProviderError("timeout", f"no data from {url} for {request.read_timeout_s:g} s"))
+        finished.wait()
+    finally:
+        end(None)  # an exception in this greenlet (GreenletExit) must not leave the watcher running
+        watcher.close()
+        sock.close()
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def _gevent_loop() -> Any:
+    """The gevent event loop when the socket module is patched (gunicorn's gevent worker), else None."""
+    try:
+        from gevent import get_hub, monkey
+    except ImportError:
+        return None
+    if not monkey.is_module_patched("socket"):
+        return None
+    return get_hub().loop
+
+
+def _whole_answer(raw: bytes, target: Target, emit: Callable[[StreamEvent], None]) -> None:
+    try:
+        body = json.loads(raw)
         choice = body["choices"][0]
         message = choice.get("message") or {}
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise ProviderError("upstream", f"{target.key}: malformed completion response") from exc
     if message.get("reasoning_content"):
-        yield Reasoning(message["reasoning_content"])
+        emit(Reasoning(message["reasoning_content"]))
     if message.get("content"):
-        yield Delta(message["content"])
+        emit(Delta(message["content"]))
     if body.get("usage"):
-        yield Usage(body["usage"].get("prompt_tokens"), body["usage"].get("completion_tokens"))
-    yield Done(choice.get("finish_reason"))
+        emit(Usage(body["usage"].get("prompt_tokens"), body["usage"].get("completion_tokens")))
+    emit(Done(choice.get("finish_reason")))
