@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import insert, update
+from sqlalchemy import Engine, bindparam, insert, update
 from sqlalchemy.orm import selectinload
 
 from backend.catalog.registry import ModelSpec
@@ -297,7 +297,9 @@ def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -
     ``client_socket`` (gunicorn's, when there is one) is watched so that a client who leaves is noticed
     at once, not only when the next write fails.
     """
-    _store_run_start(app, plan)
+    with app.app_context():
+        engine = db.engine
+    _store_run_start(engine, plan)
     mailbox = _Mailbox()
     states = [ModelState(planned) for planned in plan.models]
     delta_prefix = {id(s): sse_frame_prefix("delta", {"model": s.planned.key}, "text") for s in states}
@@ -372,7 +374,7 @@ def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -
                 state.error = state.error or ProviderError("cancelled", "the client disconnected")
                 state.finished = True
                 state.ended = perf_counter()
-        _store_run_end(app, plan, states)
+        _store_run_end(engine, plan, states)
 
 
 def _finish(state: ModelState, now: float) -> bytes:
@@ -396,15 +398,23 @@ def collect(plan: Plan, catalog: Catalog, app: Flask) -> dict[str, Any]:
 # --- storage -------------------------------------------------------------------------------------
 
 
-def _store_run_start(app: Flask, plan: Plan) -> None:
-    # Core statements, not the ORM unit of work: this runs on the relay's event loop for every request.
-    with app.app_context(), db.engine.begin() as connection:
-        connection.execute(insert(InferenceRun.__table__).values(
-            id=plan.run_id, created_at=datetime.now(UTC), status="running", prompt=plan.prompt,
-            system=plan.system, params=plan.params, models=[p.key for p in plan.models]))
+# Core statements built once, not the ORM unit of work: they run on the relay's event loop for every
+# request, and a statement built per call (values inlined) costs a fresh cache key each time.
+_RUNS = InferenceRun.__table__
+_INSERT_RUN = insert(_RUNS)
+_INSERT_RESULTS = insert(InferenceResult.__table__)
+_FINISH_RUN = (update(_RUNS).where(_RUNS.c.id == bindparam("run_id"))
+               .values(status=bindparam("new_status"), finished_at=bindparam("at")))
 
 
-def _store_run_end(app: Flask, plan: Plan, states: list[ModelState]) -> None:
+def _store_run_start(engine: Engine, plan: Plan) -> None:
+    with engine.begin() as connection:
+        connection.execute(_INSERT_RUN, {
+            "id": plan.run_id, "created_at": datetime.now(UTC), "status": "running", "prompt": plan.prompt,
+            "system": plan.system, "params": plan.params, "models": [p.key for p in plan.models]})
+
+
+def _store_run_end(engine: Engine, plan: Plan, states: list[ModelState]) -> None:
     rows = []
     for position, state in enumerate(states):
         error = state.error
@@ -416,10 +426,10 @@ def _store_run_end(app: Flask, plan: Plan, states: list[ModelState]) -> None:
             "error_code": error.code if error else None, "error_message": error.message if error else None,
             **state.metrics()})
     try:
-        with app.app_context(), db.engine.begin() as connection:
-            connection.execute(insert(InferenceResult.__table__), rows)
-            connection.execute(update(InferenceRun.__table__).where(InferenceRun.__table__.c.id == plan.run_id)
-                               .values(status="completed", finished_at=datetime.now(UTC)))
+        with engine.begin() as connection:
+            connection.execute(_INSERT_RESULTS, rows)
+            connection.execute(_FINISH_RUN, {"run_id": plan.run_id, "new_status": "completed",
+                                             "at": datetime.now(UTC)})
     except Exception:  # storing must never break the stream; the run row says "running" then
         log.exception("could not store the results of run %s", plan.run_id)
 
