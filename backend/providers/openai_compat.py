@@ -22,6 +22,7 @@ import json
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 _ERROR_BODY_LIMIT = 4096
 _WHOLE_BODY_LIMIT = 64 * 1024 * 1024  # a non-streamed answer larger than this is not an answer
 _READ_SIZE = 65536
+_END_GRACE_S = 0.5  # after "[DONE]", how long the end of the response is awaited to keep the connection
 
 
 def build_messages(request: ChatRequest) -> list[dict[str, Any]]:
@@ -171,7 +173,7 @@ class _Exchange:
     """
 
     __slots__ = ("_body", "_emit", "_error", "_framed", "_parser", "_reason", "_sse", "_streaming", "_target",
-                 "_url", "complete", "headers_done", "status")
+                 "_url", "bytes_seen", "complete", "headers_done", "keep_alive", "message_complete", "status")
 
     def __init__(self, target: Target, url: str, streaming: bool, emit: Callable[[StreamEvent], None]) -> None:
         self._target = target
@@ -185,8 +187,16 @@ class _Exchange:
         self._framed = False  # Content-Length or chunked: the end of the body is known without EOF
         self._error: ProviderError | None = None
         self.status = 0
+        self.bytes_seen = 0
         self.headers_done = False
-        self.complete = False
+        self.keep_alive = False  # the server lets the connection carry another request
+        self.complete = False  # every event has been emitted (the stream's "[DONE]" or its last byte)
+        self.message_complete = False  # the response's last byte has been read
+
+    @property
+    def reusable(self) -> bool:
+        """The connection can carry another request: this response was read to its end, and kept alive."""
+        return self.message_complete and self.status < 400 and self.keep_alive
 
     # httptools callbacks
     def on_status(self, reason: bytes) -> None:
@@ -199,6 +209,7 @@ class _Exchange:
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
+        self.keep_alive = self._parser.should_keep_alive()  # llhttp forgets it once the message is complete
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
@@ -215,19 +226,25 @@ class _Exchange:
             self._body += body
 
     def on_message_complete(self) -> None:
+        self.message_complete = True
         if not self.complete and self._error is None:
             self._end_of_body()
 
     # driving
     def feed(self, data: bytes) -> None:
-        if self.complete:
+        """After ``complete`` the rest of the response (a chunked body's end) may still be fed, to reuse the
+        connection; events are not emitted twice."""
+        if self.message_complete:
             return
+        self.bytes_seen += len(data)
         if data:
             try:
                 self._parser.feed_data(data)
             except httptools.HttpParserError as exc:
                 if self._error is None:
                     raise ProviderError("upstream", f"malformed HTTP response from {self._url}: {exc}") from None
+        elif self.complete:
+            return  # the events are out; the end of the response never came, so the connection is not reused
         elif not self.headers_done:
             raise ProviderError("upstream", f"{self._url} closed the connection without an answer")
         elif self._framed and self.status < 400:
@@ -278,7 +295,8 @@ def _error_message(status: int, raw: bytes, reason: str) -> str:
 _TLS = ssl.create_default_context()  # loading the CA bundle costs milliseconds: once per process
 
 
-def _request_bytes(target: Target, request: ChatRequest, url: str) -> tuple[str, str, int, bytes]:
+def _request_bytes(target: Target, request: ChatRequest, url: str,
+                   keep_alive: bool = False) -> tuple[str, str, int, bytes]:
     """(scheme, host, port, the whole HTTP request); ProviderError for what cannot go into a request line."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -295,8 +313,9 @@ def _request_bytes(target: Target, request: ChatRequest, url: str) -> tuple[str,
         "Content-Type: application/json",
         "Accept: " + ("text/event-stream" if request.stream else "application/json"),
         f"Content-Length: {len(body)}",
-        "Connection: close",
     ]
+    if not keep_alive:
+        lines.append("Connection: close")
     if target.api_key:
         if any(c in target.api_key for c in "\r\n\x00"):
             raise ProviderError("bad_request", f"{target.key}: the API key contains a line break")
@@ -371,8 +390,9 @@ def stream_to(target: Target, request: ChatRequest, cancel: Cancellation,
               emit: Callable[[StreamEvent], None]) -> None:
     """``stream``, with each event handed to ``emit``; returns at the end, raises ProviderError.
 
-    Under gevent, a plain-HTTP stream is read by the event loop (see the module's docstring): ``emit``
-    is then called from the loop, so it must not block. A cancelled call returns quietly.
+    Under gevent, a plain-HTTP stream is read by the event loop (see the module's docstring), on a
+    kept-alive connection when an idle one to the same server is at hand: ``emit`` is then called from
+    the loop, so it must not block. A cancelled call returns quietly.
     """
     url = target.chat_url
     loop = _gevent_loop()
@@ -380,18 +400,43 @@ def stream_to(target: Target, request: ChatRequest, cancel: Cancellation,
         for event in stream(target, request, cancel):
             emit(event)
         return
-    _, host, port, payload = _request_bytes(target, request, url)
+    _, host, port, payload = _request_bytes(target, request, url, keep_alive=True)
+    server = (host, port)
+    sock = _IDLE.take(server)
+    if sock is not None:
+        exchange = _Exchange(target, url, True, emit)
+        error = _exchange_on_loop(loop, server, sock, payload, exchange, request, cancel)
+        if error is None or exchange.bytes_seen or error.code == "timeout" or cancel.is_set():
+            if error is not None:
+                raise error
+            return
+        # The server had closed this idle connection (nothing came back): once more on a new one.
     sock = _connect("http", host, port, url, request, cancel)
+    error = _exchange_on_loop(loop, server, sock, payload, _Exchange(target, url, True, emit), request, cancel)
+    if error is not None:
+        raise error
+
+
+def _exchange_on_loop(loop: Any, server: tuple[str, int], sock: socket.socket, payload: bytes, exchange: _Exchange,
+                      request: ChatRequest, cancel: Cancellation) -> ProviderError | None:
+    """Send the request, then let the loop feed the response to ``exchange``; the error, or None.
+
+    The connection goes back to the idle pool when the response was read to its end and may be kept:
+    after the stream's "[DONE]" the end of the response (a chunked body's last chunk, usually in the next
+    packet) is awaited for at most ``_END_GRACE_S``; without it the connection is closed.
+    """
     from gevent.event import Event
 
+    url = exchange._url
     finished = Event()
     outcome: list[ProviderError | None] = []
-    exchange = _Exchange(target, url, True, emit)
     watcher = loop.io(sock.fileno(), 1)  # 1: readable
+    grace = loop.timer(_END_GRACE_S)
 
     def end(error: ProviderError | None) -> None:
         if not outcome:
             watcher.stop()
+            grace.stop()
             outcome.append(error)
             finished.set()
 
@@ -413,16 +458,19 @@ def stream_to(target: Target, request: ChatRequest, cancel: Cancellation,
             log.exception("reading %s failed unexpectedly", url)
             end(ProviderError("upstream", f"unexpected error: {exc.__class__.__name__}: {exc}"))
             return
-        if exchange.complete:
+        if exchange.message_complete or (exchange.complete and not data):
             end(None)
+        elif exchange.complete and not grace.active:
+            grace.start(end, None)
 
     try:
         try:
+            sock.settimeout(request.read_timeout_s)
             sock.sendall(payload)
         except OSError as exc:
             if cancel.is_set():
-                return
-            raise ProviderError("upstream", f"connection to {url} broke: {exc.__class__.__name__}") from exc
+                return None
+            return ProviderError("upstream", f"connection to {url} broke: {exc.__class__.__name__}")
         sock.settimeout(0.0)  # the loop calls on_readable when there is data; recv must never wait
         cancel.on_cancel(lambda: end(None))
         watcher.start(on_readable)
@@ -433,9 +481,62 @@ def stream_to(target: Target, request: ChatRequest, cancel: Cancellation,
     finally:
         end(None)  # an exception in this greenlet (GreenletExit) must not leave the watcher running
         watcher.close()
-        sock.close()
-    if outcome[0] is not None:
-        raise outcome[0]
+        grace.close()
+        if outcome[0] is None and exchange.reusable and not cancel.is_set():
+            _IDLE.give(server, sock)
+        else:
+            sock.close()
+    return outcome[0]
+
+
+class _IdlePool:
+    """Kept-alive connections to plain-HTTP model servers, waiting for the next stream, per (host, port).
+
+    Used only by the event-loop reader, from the gevent hub's thread: no lock. A connection comes back
+    only after a response read to its end that the server agreed to keep alive. One idle for longer than
+    ``IDLE_S`` is closed: servers close theirs (uvicorn, which vLLM and SGLang run on, after 5 s), and a
+    connection the server has closed is noticed before it is used (a peek says end-of-file).
+    """
+
+    IDLE_S = 4.0
+    MAX_PER_SERVER = 2048
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int], list[tuple[float, socket.socket]]] = {}
+
+    def take(self, server: tuple[str, int]) -> socket.socket | None:
+        stack = self._idle.get(server)
+        now = time.monotonic()
+        while stack:
+            since, sock = stack.pop()  # the most recently used first: the most likely to be open
+            if now - since < self.IDLE_S and _still_open(sock):
+                return sock
+            sock.close()
+        return None
+
+    def give(self, server: tuple[str, int], sock: socket.socket) -> None:
+        stack = self._idle.setdefault(server, [])
+        now = time.monotonic()
+        while stack and now - stack[0][0] >= self.IDLE_S:  # the oldest wait at the bottom
+            stack.pop(0)[1].close()
+        if len(stack) >= self.MAX_PER_SERVER:
+            sock.close()
+            return
+        stack.append((now, sock))
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """An idle connection is usable when nothing is waiting on it: not the server's end-of-file, not stray data."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)  # b"" (end-of-file) or a byte nobody asked for: not usable
+    except BlockingIOError:
+        return True  # nothing there: open
+    except OSError:
+        pass
+    return False
+
+
+_IDLE = _IdlePool()
 
 
 def _gevent_loop() -> Any:
