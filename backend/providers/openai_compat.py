@@ -139,11 +139,15 @@ class _SseDecoder:
             chunk = json.loads(data)
         except ValueError:
             raise ProviderError("upstream", f"{self._target.key}: malformed stream chunk: {data[:120]!r}") from None
-        if not isinstance(chunk, dict):
-            raise ProviderError("upstream", f"{self._target.key}: malformed stream chunk: {data[:120]!r}")
+        try:
+            self._decode(chunk)
+        except (AttributeError, TypeError, KeyError, IndexError):  # JSON, but not the shape of a chunk
+            raise ProviderError("upstream", f"{self._target.key}: unexpected stream chunk: {data[:120]!r}") from None
+
+    def _decode(self, chunk: Any) -> None:
         if "error" in chunk:
             error = chunk["error"]
-            message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+            message = (error.get("message") if isinstance(error, dict) else None) or str(error)
             raise ProviderError("upstream", message)
         choices = chunk.get("choices")
         if choices:
@@ -362,7 +366,14 @@ def stream(target: Target, request: ChatRequest, cancel: Cancellation) -> Iterat
     try:
         sock.sendall(payload)
         while not exchange.complete:
-            exchange.feed(sock.recv(_READ_SIZE))
+            data = sock.recv(_READ_SIZE)
+            if cancel.is_set():  # the cancel shut the socket down: that end-of-file is ours, not the server's
+                return
+            try:
+                exchange.feed(data)
+            except ProviderError:
+                yield from events  # what arrived before the error, in the same read, still counts
+                raise
             if waiting_for_headers and exchange.headers_done:
                 waiting_for_headers = False
                 if request.stream:
