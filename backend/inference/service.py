@@ -48,6 +48,15 @@ from backend.sse import PING, sse_event, sse_frame_prefix
 
 log = logging.getLogger(__name__)
 
+def _gevent_loop() -> Any:
+    """The gevent event loop when gevent has patched threading (gunicorn's worker), else None."""
+    try:
+        from gevent import get_hub, monkey
+    except ImportError:
+        return None
+    return get_hub().loop if monkey.is_module_patched("threading") else None
+
+
 def _gevent_spawn_raw() -> Any:
     """gevent's cheapest way to start a greenlet, when gevent has patched threading (gunicorn's worker)."""
     try:
@@ -237,28 +246,51 @@ class _Mailbox:
     """Pumps append, the relay takes everything waiting at once: one wake-up for many tokens.
 
     Cheaper per token than a queue (no lock and notify per item under gevent), and what is taken
-    together goes out in one write.
+    together goes out in one write. ``take_all(until)`` also returns (maybe empty) when ``perf_counter()``
+    reaches ``until``, for heartbeats and deadlines. Under gevent that is one loop timer, re-armed only
+    when it has fired (``until`` never moves earlier), not a timeout per wait: the relay waits once per
+    write, and a gevent timeout costs an exception object and a timer each time.
     """
 
-    __slots__ = ("_items", "_ready")
+    __slots__ = ("_alarm", "_alarm_at", "_items", "_loop", "_ready")
 
     def __init__(self) -> None:
         self._items: deque[tuple[Any, Any]] = deque()
         self._ready = threading.Event()
+        self._loop = _gevent_loop()
+        self._alarm: Any = None
+        self._alarm_at = 0.0
 
     def put(self, item: tuple[Any, Any]) -> None:
         self._items.append(item)
         self._ready.set()
 
-    def take_all(self, timeout: float) -> list[tuple[Any, Any]]:
+    def take_all(self, until: float) -> list[tuple[Any, Any]]:
         if not self._items:
-            self._ready.wait(timeout)
+            if self._loop is None:
+                self._ready.wait(max(until - time.perf_counter(), 0.0))
+            else:
+                if self._alarm is None or not self._alarm.active or until < self._alarm_at:
+                    self._arm(until)
+                self._ready.wait()
         self._ready.clear()  # before draining: an item put after this sets it again
         items = []
         popleft = self._items.popleft
         while self._items:
             items.append(popleft())
         return items
+
+    def _arm(self, until: float) -> None:
+        if self._alarm is not None:
+            self._alarm.close()
+        self._alarm = self._loop.timer(max(until - time.perf_counter(), 0.0))
+        self._alarm_at = until
+        self._alarm.start(self._ready.set)
+
+    def close(self) -> None:
+        if self._alarm is not None:
+            self._alarm.close()
+            self._alarm = None
 
 
 def _pump(state: ModelState, catalog: Catalog, out: _Mailbox) -> None:
@@ -320,7 +352,7 @@ def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -
         deadline = now + plan.model_timeout_s
         last_write = now
         while remaining:
-            items = mailbox.take_all(max(min(last_write + plan.heartbeat_s, deadline) - perf_counter(), 0.0))
+            items = mailbox.take_all(min(last_write + plan.heartbeat_s, deadline))
             frames = []
             for state, event in items:
                 if event is _CLIENT_GONE:
@@ -368,6 +400,7 @@ def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -
         # The client went away (GeneratorExit or the watcher), a bug, or the end: stop every upstream call.
         if stop_watching is not None:
             stop_watching()
+        mailbox.close()
         for state in states:
             if not state.finished:
                 state.cancel.cancel()
