@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import Engine, bindparam, insert, update
 from sqlalchemy.orm import selectinload
 
 from backend.catalog.registry import ModelSpec
@@ -31,6 +30,7 @@ from backend.inference.disconnect import watch_for_departure
 from backend.inference.media import MediaError, decode_base64, decode_image, sample_video_frames
 from backend.inference.models import InferenceResult, InferenceRun
 from backend.inference.schema import InferenceBody
+from backend.inference.storage import RunWriter
 from backend.providers import streamer_for
 from backend.providers.base import (
     Cancellation,
@@ -330,8 +330,8 @@ def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -
     at once, not only when the next write fails.
     """
     with app.app_context():
-        engine = db.engine
-    _store_run_start(engine, plan)
+        writer = RunWriter.of(app, db.engine)
+    writer.start(_run_row(plan))
     mailbox = _Mailbox()
     states = [ModelState(planned) for planned in plan.models]
     delta_prefix = {id(s): sse_frame_prefix("delta", {"model": s.planned.key}, "text") for s in states}
@@ -407,7 +407,7 @@ def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -
                 state.error = state.error or ProviderError("cancelled", "the client disconnected")
                 state.finished = True
                 state.ended = perf_counter()
-        _store_run_end(engine, plan, states)
+        writer.finish(plan.run_id, _result_rows(plan, states))
 
 
 def _finish(state: ModelState, now: float) -> bytes:
@@ -431,23 +431,12 @@ def collect(plan: Plan, catalog: Catalog, app: Flask) -> dict[str, Any]:
 # --- storage -------------------------------------------------------------------------------------
 
 
-# Core statements built once, not the ORM unit of work: they run on the relay's event loop for every
-# request, and a statement built per call (values inlined) costs a fresh cache key each time.
-_RUNS = InferenceRun.__table__
-_INSERT_RUN = insert(_RUNS)
-_INSERT_RESULTS = insert(InferenceResult.__table__)
-_FINISH_RUN = (update(_RUNS).where(_RUNS.c.id == bindparam("run_id"))
-               .values(status=bindparam("new_status"), finished_at=bindparam("at")))
+def _run_row(plan: Plan) -> dict[str, Any]:
+    return {"id": plan.run_id, "created_at": datetime.now(UTC), "status": "running", "prompt": plan.prompt,
+            "system": plan.system, "params": plan.params, "models": [p.key for p in plan.models]}
 
 
-def _store_run_start(engine: Engine, plan: Plan) -> None:
-    with engine.begin() as connection:
-        connection.execute(_INSERT_RUN, {
-            "id": plan.run_id, "created_at": datetime.now(UTC), "status": "running", "prompt": plan.prompt,
-            "system": plan.system, "params": plan.params, "models": [p.key for p in plan.models]})
-
-
-def _store_run_end(engine: Engine, plan: Plan, states: list[ModelState]) -> None:
+def _result_rows(plan: Plan, states: list[ModelState]) -> list[dict[str, Any]]:
     rows = []
     for position, state in enumerate(states):
         error = state.error
@@ -458,13 +447,7 @@ def _store_run_end(engine: Engine, plan: Plan, states: list[ModelState]) -> None
             "output": "".join(state.output), "reasoning": "".join(state.reasoning),
             "error_code": error.code if error else None, "error_message": error.message if error else None,
             **state.metrics()})
-    try:
-        with engine.begin() as connection:
-            connection.execute(_INSERT_RESULTS, rows)
-            connection.execute(_FINISH_RUN, {"run_id": plan.run_id, "new_status": "completed",
-                                             "at": datetime.now(UTC)})
-    except Exception:  # storing must never break the stream; the run row says "running" then
-        log.exception("could not store the results of run %s", plan.run_id)
+    return rows
 
 
 def list_runs(app: Flask, *, limit: int, offset: int, model: str | None, text: str | None) -> dict[str, Any]:
