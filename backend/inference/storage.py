@@ -66,7 +66,8 @@ class RunWriter:
         self._wake.set()
 
     def finish(self, run_id: str, results: list[dict[str, Any]]) -> bool:
-        """Queue a run's results and mark it completed; returns once they are committed (False: gave up)."""
+        """Queue a run's results and mark it completed; returns once the writer has written them or logged
+        why it could not (False: it did neither within ``FINISH_WAIT_S``)."""
         committed = threading.Event()
         with self._lock:
             self._ends.append((results, {"run_id": run_id, "new_status": "completed", "at": datetime.now(UTC)},
