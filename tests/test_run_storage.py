@@ -118,5 +118,18 @@ def test_the_writer_thread_ends_when_idle_and_comes_back(app: Flask, engine: Eng
     assert stored(app, "e" * 32)["status"] == "completed"
 
 
+def test_a_large_backlog_is_written_in_bounded_groups(app: Flask, engine: Engine, commits: list[float]) -> None:
+    writer = RunWriter(engine)
+    writer.GATHER_S = 0.05
+    writer.MAX_GROUP = 10
+    ids = [f"{n:032x}" for n in range(100, 135)]
+    for run_id in ids:
+        writer.start(run_row(run_id))
+    assert writer.finish(ids[-1], result_rows(ids[-1]))  # queued behind all 35 starts
+    assert 4 <= len(commits) <= 6, f"{len(commits)} transactions for 35 starts in groups of at most 10"
+    assert all(stored(app, run_id) is not None for run_id in ids)
+    assert stored(app, ids[-1])["status"] == "completed"  # its results came after its own row
+
+
 def test_one_writer_per_app(app: Flask, engine: Engine) -> None:
     assert RunWriter.of(app, engine) is RunWriter.of(app, engine)

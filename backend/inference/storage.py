@@ -39,6 +39,7 @@ class RunWriter:
     """The run rows of one database, written by one thread that commits them in groups."""
 
     GATHER_S = 0.005  # how long the writer lets rows gather once woken
+    MAX_GROUP = 100  # runs per transaction: a transaction holds up the worker's event loop while it runs
     IDLE_EXIT_S = 30.0  # the thread ends after this long with nothing to write (a new one starts on demand)
     FINISH_WAIT_S = 30.0  # a finish gives up waiting after this long (the database is locked or gone)
 
@@ -95,8 +96,12 @@ class RunWriter:
             time.sleep(self.GATHER_S)
             self._wake.clear()  # before taking the rows: rows queued after this wake the writer again
             with self._lock:
-                starts, self._starts = self._starts, []
-                ends, self._ends = self._ends, []
+                starts, self._starts = self._starts[:self.MAX_GROUP], self._starts[self.MAX_GROUP:]
+                ends: list[_End] = []
+                if not self._starts:  # a run's results only after every queued run row: its own is among them
+                    ends, self._ends = self._ends[:self.MAX_GROUP], self._ends[self.MAX_GROUP:]
+                if self._starts or self._ends:
+                    self._wake.set()  # the rest goes in the next group, after the loop has had a turn
             try:
                 self._write(starts, ends)
             finally:
