@@ -408,4 +408,4 @@ def test_gevent_check_script_leaves_this_process_unpatched() -> None:
     from gevent import monkey
 
     assert not monkey.is_module_patched("socket")
-    assert openai_compat._gevent_loop() is None
+    assert openai_compat.gevent_loop() is None

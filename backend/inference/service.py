@@ -2,8 +2,10 @@
 
 ``prepare`` turns a validated body into a ``Plan`` (or raises ApiError naming the field); ``relay``
 runs a plan and yields SSE bytes. Each model is pumped by its own thread (a greenlet under gunicorn's
-gevent worker) into one queue; the generator merges, times out slow models, sends heartbeats and,
-when the client goes away (GeneratorExit) or a model overstays, cancels the upstream calls.
+gevent worker; there the OpenAI-compatible provider reads its socket from the event loop itself) into
+one mailbox; the generator merges, times out slow models, sends heartbeats and, when the client goes
+away (GeneratorExit) or a model overstays, cancels the upstream calls. The run's rows go through the
+process's ``RunWriter`` (``storage.py``), which commits many runs at once.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sqlalchemy.orm import selectinload
 
 from backend.catalog.registry import ModelSpec
 from backend.catalog.service import Catalog
+from backend.cooperative import gevent_loop, start_background
 from backend.db import db
 from backend.errors import ApiError
 from backend.inference.disconnect import watch_for_departure
@@ -47,23 +50,6 @@ from backend.providers.base import (
 from backend.sse import PING, sse_event, sse_frame_prefix
 
 log = logging.getLogger(__name__)
-
-def _gevent_loop() -> Any:
-    """The gevent event loop when gevent has patched threading (gunicorn's worker), else None."""
-    try:
-        from gevent import get_hub, monkey
-    except ImportError:
-        return None
-    return get_hub().loop if monkey.is_module_patched("threading") else None
-
-
-def _gevent_spawn_raw() -> Any:
-    """gevent's cheapest way to start a greenlet, when gevent has patched threading (gunicorn's worker)."""
-    try:
-        from gevent import monkey, spawn_raw
-    except ImportError:
-        return None
-    return spawn_raw if monkey.is_module_patched("threading") else None
 
 
 _END = object()  # a pump's last item
@@ -257,7 +243,7 @@ class _Mailbox:
     def __init__(self) -> None:
         self._items: deque[tuple[Any, Any]] = deque()
         self._ready = threading.Event()
-        self._loop = _gevent_loop()
+        self._loop = gevent_loop()
         self._alarm: Any = None
         self._alarm_at = 0.0
 
@@ -309,20 +295,6 @@ def _pump(state: ModelState, catalog: Catalog, out: _Mailbox) -> None:
         put((state, _END))
 
 
-def _start_pump(state: ModelState, catalog: Catalog, out: _Mailbox) -> None:
-    """A greenlet under gevent, else a daemon thread.
-
-    Not ``threading.Thread`` under gevent: its ``start()`` waits until the new greenlet has run, a whole
-    turn of a busy event loop per model before the relay can go on (measured at 200 clients).
-    """
-    spawn_raw = _gevent_spawn_raw()
-    if spawn_raw is not None:
-        spawn_raw(_pump, state, catalog, out)
-    else:
-        threading.Thread(target=_pump, args=(state, catalog, out), daemon=True,
-                         name=f"pump-{state.planned.key}").start()
-
-
 def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -> Iterator[bytes]:
     """The SSE stream of a run: run, delta/reasoning, model_done/model_error per model, done.
 
@@ -348,7 +320,7 @@ def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -
         now = perf_counter()
         for state in states:
             state.started = now
-            _start_pump(state, catalog, mailbox)
+            start_background(_pump, state, catalog, mailbox, name=f"pump-{state.planned.key}")
         deadline = now + plan.model_timeout_s
         last_write = now
         while remaining:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from backend.cooperative import gevent_loop
 from backend.providers.base import (
     Cancellation,
     ChatRequest,
@@ -406,7 +407,7 @@ def stream_to(target: Target, request: ChatRequest, cancel: Cancellation,
     the loop, so it must not block. A cancelled call returns quietly.
     """
     url = target.chat_url
-    loop = _gevent_loop()
+    loop = gevent_loop()
     if loop is None or not request.stream or not url.startswith("http://"):
         for event in stream(target, request, cancel):
             emit(event)
@@ -548,17 +549,6 @@ def _still_open(sock: socket.socket) -> bool:
 
 
 _IDLE = _IdlePool()
-
-
-def _gevent_loop() -> Any:
-    """The gevent event loop when the socket module is patched (gunicorn's gevent worker), else None."""
-    try:
-        from gevent import get_hub, monkey
-    except ImportError:
-        return None
-    if not monkey.is_module_patched("socket"):
-        return None
-    return get_hub().loop
 
 
 def _whole_answer(raw: bytes, target: Target, emit: Callable[[StreamEvent], None]) -> None:

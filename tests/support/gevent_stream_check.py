@@ -205,7 +205,7 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
 
 
 def main(names: list[str]) -> None:
-    assert openai_compat._gevent_loop() is not None, "stream_to would not take the event-loop path"
+    assert openai_compat.gevent_loop() is not None, "stream_to would not take the event-loop path"
     for name in names:
         print(json.dumps({"scenario": name, **SCENARIOS[name]()}), flush=True)
 
