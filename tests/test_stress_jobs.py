@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,11 +19,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from tests.conftest import TEST_MODELS
-from tests.support.simulator import PROJECT_ROOT, SimulatorProcess, free_port
-from tests.support.stress import ThreadWorker, finished, job_of, make_app, wait_for
-
-SLOWER = ["--profile", "sim-fast:decode_base_ms=40,min_output_tokens=20,max_output_tokens=20"]
+from tests.support.simulator import SimulatorProcess, free_port
+from tests.support.stress import SLOW_SIM_ARGS, ThreadWorker, finished, group_gone, job_of, job_pgid, make_app, wait_for
 
 
 @pytest.fixture
@@ -35,7 +31,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def slow_sim() -> Iterator[SimulatorProcess]:
     """sim-fast at 40 ms a token, 20 tokens: a request takes about 0.8 s, long enough to watch."""
-    with SimulatorProcess(seed=11, extra_args=SLOWER) as sim:
+    with SimulatorProcess(seed=11, extra_args=SLOW_SIM_ARGS) as sim:
         yield sim
 
 
@@ -62,23 +58,6 @@ def read_sse(response: Any) -> Iterator[tuple[str, Any]]:
                 elif line.startswith("data: "):
                     data.append(line[6:])
             yield name, json.loads("\n".join(data)) if data else None
-
-
-def group_gone(pgid: int) -> bool:
-    """No live process left in the group. An orphaned evalscope (its worker was SIGKILLed) is reaped by
-    init, possibly a moment later, so zombies count as gone; our own children are reaped by the worker."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return False
-    return True
 
 
 # --- a whole sweep, watched live ----------------------------------------------------------------
@@ -149,21 +128,12 @@ def test_cancel_during_a_level(stack: tuple[Flask, Any]) -> None:
     job = wait_for(lambda: (j := job_of(client, job_id))["progress"].get("level") == 1 and j, 30,
                    "the first level to start")
     assert job["status"] == "running" and job["worker_alive"] is True
-    pgid = _pgid(client, job_id)
+    pgid = job_pgid(client, job_id)
     assert client.delete(f"/api/v1/stress-tests/{job_id}").status_code == 409  # running: refused
     assert client.post(f"/api/v1/stress-tests/{job_id}/cancel").status_code in (200, 202)
     job = finished(client, job_id, 20)
     assert job["status"] == "cancelled" and job["levels"] == []
     assert group_gone(pgid)
-
-
-def _pgid(client: Any, job_id: str) -> int:
-    app = client.application
-    with app.app_context():
-        from backend.db import db
-        from backend.stress.models import StressJob
-
-        return wait_for(lambda: db.session.get(StressJob, job_id, populate_existing=True).pgid, 10, "a pgid")
 
 
 def test_cancel_in_the_pause_between_levels(tmp_path: Path, env: None, slow_sim: SimulatorProcess) -> None:
@@ -174,7 +144,7 @@ def test_cancel_in_the_pause_between_levels(tmp_path: Path, env: None, slow_sim:
         job_id = client.post("/api/v1/stress-tests", json={"model": "sim-fast", "concurrency": [1, 2],
                                                            "requests": [2, 2], "prompt": "x"}).json["id"]
         wait_for(lambda: len(job_of(client, job_id)["levels"]) == 1, 30, "the first level's results")
-        pgid = _pgid(client, job_id)
+        pgid = job_pgid(client, job_id)
         started = time.monotonic()
         client.post(f"/api/v1/stress-tests/{job_id}/cancel")
         job = finished(client, job_id, 20)
@@ -251,44 +221,7 @@ def test_manual_api_key_reaches_the_target_and_is_never_stored(tmp_path: Path, e
             assert key.encode() not in path.read_bytes(), path
 
 
-# --- the worker dies -----------------------------------------------------------------------------
-
-
-def _worker_process(tmp_path: Path, sim_port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "ENVIRONMENT": "test", "PEP_DATABASE__PATH": str(tmp_path / "app.db"),
-           "PEP_LOGGING__DIR": str(tmp_path / "logs"), "PEP_CATALOG__MODELS_FILE": TEST_MODELS,
-           "SIMULATOR_PORT": str(sim_port), "PEP_STRESS__OUTPUTS_DIR": str(tmp_path / "outputs"),
-           "PEP_STRESS__LOGS_DIR": str(tmp_path / "stress-logs"), "PEP_STRESS__LEVEL_PAUSE_S": "1",
-           "PEP_STRESS__POLL_INTERVAL_S": "0.2", "PEP_STRESS__WORKER_STALE_S": "3"}
-    log = (tmp_path / "worker.out").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "backend.stress.worker"], cwd=PROJECT_ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def test_worker_killed_mid_job_and_restarted(tmp_path: Path, env: None, slow_sim: SimulatorProcess) -> None:
-    app = make_app(tmp_path, slow_sim.port)
-    client = app.test_client()
-    first = _worker_process(tmp_path, slow_sim.port)
-    second = None
-    try:
-        job_id = client.post("/api/v1/stress-tests", json={"model": "sim-fast", "concurrency": [1, 2],
-                                                           "requests": [3, 4], "prompt": "x"}).json["id"]
-        wait_for(lambda: job_of(client, job_id)["progress"].get("processed", 0) >= 1, 40, "some progress")
-        pgid = _pgid(client, job_id)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
-        assert not group_gone(pgid)  # evalscope runs on without its worker
-        assert wait_for(lambda: job_of(client, job_id)["worker_alive"] is False, 10, "the heartbeat to go stale")
-        second = _worker_process(tmp_path, slow_sim.port)
-        job = finished(client, job_id, 60)
-        assert job["status"] == "completed", job
-        assert [(lv["concurrency"], lv["succeeded"]) for lv in job["levels"]] == [(1, 3), (2, 4)]
-        wait_for(lambda: group_gone(pgid), 10, "the process group to end")
-    finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
+# --- the worker dies (more in test_stress_recovery.py) ----------------------------------------
 
 
 def test_a_job_whose_process_vanished_is_interrupted(tmp_path: Path, env: None, slow_sim: SimulatorProcess) -> None:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, update
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, update
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -98,9 +98,13 @@ class StressJob(db.Model):
 
 
 class StressLevel(db.Model):
-    """The results of one concurrency level, from evalscope's benchmark_summary/percentile files."""
+    """The results of one concurrency level, from evalscope's benchmark_summary/percentile files.
+
+    One row per job and position: ingestion may be attempted again (a restarted worker), never twice stored.
+    """
 
     __tablename__ = "stress_levels"
+    __table_args__ = (UniqueConstraint("job_id", "position", name="uq_stress_levels_job_position"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("stress_jobs.id", ondelete="CASCADE"), index=True)

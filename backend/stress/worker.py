@@ -24,6 +24,9 @@ Status when evalscope ends (documented in the README):
 On start-up, rows that claim to run are reconciled: a live process that really is that job's evalscope
 (its ``/proc/<pid>/cmdline`` names the job's output directory) is re-attached; otherwise the job ends
 as above from whatever it left (``interrupted`` when cut short), with every finished level ingested.
+Ingestion is idempotent: a level already stored (by this worker or by one that died) is never added again,
+and the database's unique (job, position) constraint backs that up; a re-attached job whose evalscope ran
+every request ends ``completed`` like a watched one (its exit code is unknown; ``progress.json`` says).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -152,6 +156,11 @@ def diagnose(target: dict[str, Any], api_key: str | None, timeout_s: float = 5.0
         if response.ok:
             return None
         return f"HTTP {response.status_code}: {response.text.strip()[:300]}"
+
+
+def stored_positions(job_id: str) -> set[int]:
+    """The level positions of a job that already have a result row."""
+    return set(db.session.scalars(select(StressLevel.position).where(StressLevel.job_id == job_id)))
 
 
 # --- the worker ----------------------------------------------------------------------------------
@@ -287,7 +296,7 @@ class Worker:
         if api_key:
             env[secrets.ENV_VAR] = api_key
         with paths.log_path.open("ab") as log_file:
-            log_file.write(("$ " + " ".join(command[1:]) + "\n").encode())
+            log_file.write(("$ " + shlex.join(command[1:]) + "\n").encode())
             log_file.flush()
             try:
                 process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
@@ -388,7 +397,13 @@ class Worker:
         running.last_sample_at = now
 
     def _ingest_levels(self, running: Running, *, final: bool) -> None:
-        """Result rows for levels whose summary and percentile files are both written."""
+        """Result rows for levels whose summary and percentile files are both written, each level once.
+
+        ``running.ingested`` is what this worker knows to be stored; before a level is added, the
+        database is asked too (a worker that re-attached, or one that died after its commit), and the
+        unique (job, position) constraint refuses whatever slips past both.
+        """
+        stored: set[int] | None = None
         for index, (level, count) in enumerate(zip(running.levels, running.counts, strict=True)):
             if index in running.ingested:
                 continue
@@ -396,6 +411,11 @@ class Worker:
             summary = read_json(directory / "benchmark_summary.json")
             percentiles = read_json(directory / "benchmark_percentile.json")
             if not isinstance(summary, dict) or (percentiles is None and not final):
+                continue
+            if stored is None:
+                stored = stored_positions(running.job_id)
+            if index in stored:
+                running.ingested.add(index)
                 continue
             result = level_result(summary, percentiles if isinstance(percentiles, list) else None)
             db.session.add(StressLevel(job_id=running.job_id, position=index, concurrency=level,
@@ -423,7 +443,7 @@ class Worker:
         succeeded = sum(level.succeeded for level in levels)
         failed = sum(level.failed for level in levels)
         requested = sum(level.requests for level in levels)
-        all_levels = len(levels) == len(running.levels)
+        all_levels = {level.position for level in levels} == set(range(len(running.levels)))
         progress = read_progress(running.paths.progress_path)
         ran_to_end = exit_code == 0 or (exit_code is None and progress is not None and progress.status == "completed"
                                         and interrupted_reason is None)
@@ -444,7 +464,8 @@ class Worker:
             status = JobStatus.INTERRUPTED
             error = interrupted_reason or "the evalscope process ended while no worker was watching it"
         elif ran_to_end:
-            missing = [str(level) for i, level in enumerate(running.levels) if i not in running.ingested]
+            stored = {level.position for level in levels}
+            missing = [str(level) for i, level in enumerate(running.levels) if i not in stored]
             status, error = JobStatus.FAILED, f"evalscope ended without results for concurrency {', '.join(missing)}"
         else:
             status, error = JobStatus.FAILED, f"evalscope exited with code {exit_code}: {self._log_reason(running)}"
@@ -497,7 +518,7 @@ class Worker:
             params = dict(job.params)
             paths = job_paths(self.settings, job.id)
             running = Running(job_id=job.id, pid=job.pid or 0, paths=paths, levels=list(params["concurrency"]),
-                              counts=list(params["requests"]))
+                              counts=list(params["requests"]), ingested=stored_positions(job.id))
             if job.started_at is not None:
                 started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=utcnow().tzinfo)
                 running.wall_started = started.timestamp()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,10 @@ from flask import Flask
 from backend.app import create_app
 from backend.stress.worker import run_worker
 from tests.conftest import TEST_MODELS
+from tests.support.simulator import PROJECT_ROOT
+
+# sim-fast at 40 ms a token, 20 tokens: a request takes about 0.8 s, long enough to watch.
+SLOW_SIM_ARGS = ("--profile", "sim-fast:decode_base_ms=40,min_output_tokens=20,max_output_tokens=20")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -56,3 +63,43 @@ def job_of(client: Any, job_id: str) -> dict[str, Any]:
 
 def finished(client: Any, job_id: str, timeout: float = 60) -> dict[str, Any]:
     return wait_for(lambda: (job := job_of(client, job_id))["is_finished"] and job, timeout, f"job {job_id} to end")
+
+
+def job_pgid(client: Any, job_id: str) -> int:
+    """The process group of a job's evalscope, once the worker has recorded it."""
+    from backend.db import db
+    from backend.stress.models import StressJob
+
+    with client.application.app_context():
+        return wait_for(lambda: db.session.get(StressJob, job_id, populate_existing=True).pgid, 10, "a pgid")
+
+
+def group_gone(pgid: int) -> bool:
+    """No live process left in the group. An orphaned evalscope (its worker was SIGKILLed) is reaped by
+    init, possibly a moment later, so zombies count as gone; our own children are reaped by the worker."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return False
+    return True
+
+
+def worker_process(tmp_path: Path, sim_port: int, command: Sequence[str] = ("-m", "backend.stress.worker"),
+                   ) -> subprocess.Popen[bytes]:
+    """The worker as its own process (``python -m backend.stress.worker``) on make_app's folders, so that a
+    test can kill it; ``command`` may run it through a wrapper instead."""
+    env = {**os.environ, "ENVIRONMENT": "test", "PEP_DATABASE__PATH": str(tmp_path / "app.db"),
+           "PEP_LOGGING__DIR": str(tmp_path / "logs"), "PEP_CATALOG__MODELS_FILE": TEST_MODELS,
+           "SIMULATOR_PORT": str(sim_port), "PEP_STRESS__OUTPUTS_DIR": str(tmp_path / "outputs"),
+           "PEP_STRESS__LOGS_DIR": str(tmp_path / "stress-logs"), "PEP_STRESS__LEVEL_PAUSE_S": "1",
+           "PEP_STRESS__POLL_INTERVAL_S": "0.2", "PEP_STRESS__WORKER_STALE_S": "3"}
+    with (tmp_path / "worker.out").open("ab") as log:
+        return subprocess.Popen([sys.executable, *command], cwd=PROJECT_ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
