@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from backend.validation import scrub
+
 PING = b": ping\n\n"
 
 SSE_HEADERS = {
@@ -22,7 +24,11 @@ def sse_event(event: str, data: Any, event_id: str | None = None) -> bytes:
     payload = data if isinstance(data, str) else _dumps(data)
     head = f"event: {event}\n" if event_id is None else f"id: {event_id}\nevent: {event}\n"
     body = "".join(f"data: {line}\n" for line in payload.split("\n")) if "\n" in payload else f"data: {payload}\n"
-    return (head + body + "\n").encode()
+    frame = head + body + "\n"
+    try:
+        return frame.encode()
+    except UnicodeEncodeError:  # a lone surrogate from upstream (an error message, say): sent as U+FFFD
+        return scrub(frame).encode()
 
 
 def sse_frame_prefix(event: str, fixed: dict[str, Any], last_key: str) -> bytes:

@@ -29,7 +29,8 @@ def home():  # type: ignore[no-untyped-def]
     from backend.stress import service as stress_service
     from backend.stress.pages import decorate
 
-    recent = [run.as_dict() for run in inference_service.recent_runs(limit=8)]
+    preview = int(current_app.config["PEP"]["inference"]["preview_chars"])
+    recent = [run.as_dict(preview=preview) for run in inference_service.recent_runs(limit=8)]
     settings = current_app.config["PEP"]["stress"]
     active = stress_service.list_jobs(settings, status="queued,running,cancelling", model=None, limit=10, offset=0)
     finished = stress_service.list_jobs(settings, status="completed,failed,cancelled,interrupted", model=None,

@@ -36,7 +36,7 @@ def _error(response) -> dict:  # type: ignore[no-untyped-def]
         ({"models": ["sim-fast"], "text": "hi", "max_tokens": 0}, "max_tokens", ""),
         ({"models": ["sim-fast"], "text": "hi", "max_tokens": 10**6}, "max_tokens", "at most"),
         ({"models": ["sim-fast"], "text": "hi", "temperature": 3}, "temperature", ""),
-        ({"models": ["sim-fast"], "text": "hi", "surprise": 1}, "surprise", "not permitted"),
+        ({"models": ["sim-fast"], "text": "hi", "surprise": 1}, "surprise", "not a field"),
         ({"models": "sim-fast", "text": "hi"}, "models", ""),
         ({"models": ["sim-echo"], "text": "hi", "images": ["%%%not base64%%%"]}, "images[0]", "base64"),
         ({"models": ["sim-echo"], "text": "hi", "images": [base64.b64encode(b"plain text").decode()]},

@@ -141,7 +141,11 @@ def test_history_lists_filters_and_pages(app: Flask, client) -> None:  # type: i
     assert "bananas" in first.text and "apples" not in first.text and "older" in first.text
     second = client.get("/history?limit=1&offset=1", headers=HTMX)
     assert "apples" in second.text and "newer" in second.text and "older" not in second.text
-    assert client.get("/history?limit=x&offset=-5").status_code == 200
+    for query, field in (("limit=x", "limit"), ("offset=-5", "offset"), ("offset=99999999999999999999999", "offset"),
+                         ("limit=201", "limit")):
+        refused = client.get(f"/history?{query}")
+        assert refused.status_code == 400 and "<html" in refused.text, query
+        assert f"{field}: must be" in refused.text, query
 
 
 def test_run_page(app: Flask, client) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -187,6 +188,21 @@ def test_every_request_failing_ends_failed(stack: tuple[Flask, Any]) -> None:
     with sqlite3.connect(app.config["PEP"]["database"]["path"]) as connection:
         raw = connection.execute("SELECT raw_percentiles FROM stress_levels").fetchone()[0]
     assert "NaN" not in raw and json.loads(raw)[0]["TTFT (ms)"] is None
+
+
+def test_the_log_starts_with_the_command_quoted_for_a_shell(stack: tuple[Flask, Any]) -> None:
+    """The first log line is the command as a shell would need it typed: one word per argument."""
+    _app, client = stack
+    name = "odd model $(touch /tmp/pwned); 'x'"
+    job_id = client.post("/api/v1/stress-tests", json={
+        "manual_config": {"base_url": f"http://127.0.0.1:{client.application.config['PEP']['simulator']['port']}/v1",
+                          "model_name": name},
+        "concurrency": [1], "requests": 1, "prompt": "x"}).json["id"]
+    finished(client, job_id, 40)
+    first = client.get(f"/api/v1/stress-tests/{job_id}/log?lines=5000&format=json").json["lines"][0]
+    assert first.startswith("$ ")
+    words = shlex.split(first[2:])
+    assert words[:2] == ["-m", "backend.stress.evalscope_entry"] and f"--model={name}" in words
 
 
 # --- secrets ------------------------------------------------------------------------------------

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+
+from backend.validation import STRICT
 
 
 class ManualEndpoint(BaseModel):
     """An OpenAI-compatible endpoint named in a request. Its key is used, never stored in clear or echoed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     base_url: str | None = Field(default=None, max_length=2000)
     api_url: str | None = Field(default=None, max_length=2000)

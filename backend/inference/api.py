@@ -7,17 +7,11 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from backend.catalog.service import get_catalog
 from backend.errors import ApiError, NotFound
 from backend.inference import service
-from backend.inference.schema import InferenceBody, parse_body
+from backend.inference.schema import InferenceBody
 from backend.sse import SSE_HEADERS
+from backend.validation import MAX_OFFSET, int_arg, json_body, parse_body
 
 bp = Blueprint("inference_api", __name__, url_prefix="/api/v1")
-
-
-def _json_body() -> dict:
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ApiError("the request body must be JSON (Content-Type: application/json)", field="body")
-    return body
 
 
 def _plan(body: InferenceBody) -> service.Plan:
@@ -33,7 +27,7 @@ def _event_stream(plan: service.Plan) -> Response:
 
 @bp.post("/multi-inference")
 def multi_inference():  # type: ignore[no-untyped-def]
-    body = parse_body(_json_body(), InferenceBody)
+    body = parse_body(json_body(), InferenceBody)
     if body.model is not None:
         raise ApiError("model: use models (a list) with /multi-inference", field="model")
     return _event_stream(_plan(body))
@@ -41,7 +35,7 @@ def multi_inference():  # type: ignore[no-untyped-def]
 
 @bp.post("/inference")
 def inference():  # type: ignore[no-untyped-def]
-    body = parse_body(_json_body(), InferenceBody)
+    body = parse_body(json_body(), InferenceBody)
     if len(body.models) + (body.model is not None) + (body.manual_config is not None) != 1:
         raise ApiError("model: name exactly one model (model, a one-item models, or manual_config)",
                        field="model")
@@ -50,6 +44,8 @@ def inference():  # type: ignore[no-untyped-def]
         return _event_stream(plan)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     run = service.collect(plan, get_catalog(), app)
+    if not run.get("results"):  # answered, but the writer could not store it (it logged why)
+        raise ApiError("the answer could not be stored; see logs/app.log", status=503, code="storage")
     result = run["results"][0]
     payload = {"run_id": run["id"], **result}
     if result["error"]:
@@ -60,16 +56,11 @@ def inference():  # type: ignore[no-untyped-def]
 
 @bp.get("/inference/runs")
 def list_runs():  # type: ignore[no-untyped-def]
-    try:
-        limit = min(int(request.args.get("limit", 50)), 500)
-        offset = max(int(request.args.get("offset", 0)), 0)
-    except ValueError:
-        raise ApiError("limit and offset must be integers", field="limit") from None
-    if limit < 1:
-        raise ApiError("limit must be at least 1", field="limit")
-    return jsonify(service.list_runs(current_app, limit=limit, offset=offset,
-                                     model=request.args.get("model") or None,
-                                     text=request.args.get("q") or None))
+    settings = current_app.config["PEP"]["inference"]
+    return jsonify(service.list_runs(current_app, limit=int_arg("limit", 50, 1, 500),
+                                     offset=int_arg("offset", 0, 0, MAX_OFFSET),
+                                     model=request.args.get("model") or None, text=request.args.get("q") or None,
+                                     preview=int(settings["preview_chars"])))
 
 
 @bp.get("/inference/runs/<run_id>")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from backend.db import db
@@ -31,7 +31,9 @@ class InferenceRun(db.Model):
         back_populates="run", cascade="all, delete-orphan", order_by="InferenceResult.position"
     )
 
-    def as_dict(self, *, with_results: bool = True) -> dict[str, Any]:
+    def as_dict(self, *, with_results: bool = True, preview: int | None = None) -> dict[str, Any]:
+        """The run; with ``preview``, long texts are cut at that many characters and each cut text's
+        full length is given beside it (``prompt_chars``, ``output_chars``...)."""
         data: dict[str, Any] = {
             "id": self.id,
             "created_at": self.created_at.isoformat(),
@@ -42,8 +44,10 @@ class InferenceRun(db.Model):
             "params": self.params,
             "models": self.models,
         }
+        if preview is not None:
+            cut_texts(data, ("prompt", "system"), preview)
         if with_results:
-            data["results"] = [result.as_dict() for result in self.results]
+            data["results"] = [result.as_dict(preview=preview) for result in self.results]
         return data
 
 
@@ -68,17 +72,20 @@ class InferenceResult(db.Model):
     finish_reason: Mapped[str | None] = mapped_column(String(64))
     error_code: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # The answer (or its reasoning) was longer than inference.max_stored_chars and is stored cut there.
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     run: Mapped[InferenceRun] = relationship(back_populates="results")
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
+    def as_dict(self, *, preview: int | None = None) -> dict[str, Any]:
+        data = {
             "model": self.model,
             "display_name": self.display_name,
             "provider": self.provider,
             "status": self.status,
             "output": self.output,
             "reasoning": self.reasoning,
+            "truncated": bool(self.truncated),
             "metrics": {
                 "ttft_ms": self.ttft_ms,
                 "latency_ms": self.latency_ms,
@@ -90,3 +97,15 @@ class InferenceResult(db.Model):
             },
             "error": {"code": self.error_code, "message": self.error_message} if self.error_code else None,
         }
+        if preview is not None:
+            cut_texts(data, ("output", "reasoning"), preview)
+        return data
+
+
+def cut_texts(data: dict[str, Any], names: tuple[str, ...], limit: int) -> None:
+    """Cut each named text longer than ``limit`` and say how long it was (``<name>_chars``)."""
+    for name in names:
+        value = data.get(name)
+        if value and len(value) > limit:
+            data[name] = value[:limit]
+            data[f"{name}_chars"] = len(value)

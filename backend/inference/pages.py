@@ -5,7 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, abort, current_app, render_template, request
 
 from backend.catalog.service import get_catalog
+from backend.errors import ApiError
 from backend.inference import service
+from backend.validation import MAX_OFFSET, int_arg
 from backend.web import render
 
 bp = Blueprint("inference_pages", __name__)
@@ -25,11 +27,15 @@ def playground():  # type: ignore[no-untyped-def]
 
 @bp.get("/history")
 def history():  # type: ignore[no-untyped-def]
-    limit = min(max(request.args.get("limit", HISTORY_PAGE_SIZE, type=int), 1), HISTORY_MAX_PAGE_SIZE)
-    offset = max(request.args.get("offset", 0, type=int), 0)
+    try:
+        limit = int_arg("limit", HISTORY_PAGE_SIZE, 1, HISTORY_MAX_PAGE_SIZE)
+        offset = int_arg("offset", 0, 0, MAX_OFFSET)
+    except ApiError as exc:
+        abort(400, description=exc.message)
     model = request.args.get("model", "").strip()
     text = request.args.get("q", "").strip()
-    page = service.list_runs(current_app, limit=limit, offset=offset, model=model or None, text=text or None)
+    page = service.list_runs(current_app, limit=limit, offset=offset, model=model or None, text=text or None,
+                             preview=int(current_app.config["PEP"]["inference"]["preview_chars"]))
     names = {spec.key: spec.name for spec in get_catalog().models.values()}
     return render("inference/history.html", "inference/_runs.html", **page, model=model, q=text,
                   default_limit=HISTORY_PAGE_SIZE,

@@ -1,19 +1,13 @@
-"""The request bodies of the inference API, validated with pydantic; errors name the field."""
+"""The request bodies of the inference API, validated with pydantic (``backend.validation``)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, Field, model_validator
 
 from backend.catalog.manual import ManualEndpoint
-from backend.errors import ApiError
+from backend.validation import STRICT
 
 
 class ManualConfig(ManualEndpoint):
@@ -23,14 +17,14 @@ class ManualConfig(ManualEndpoint):
 
 
 class ChatTurn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     role: Literal["system", "user", "assistant"]
     content: str
 
 
 class InferenceBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     models: list[str] = Field(default_factory=list, max_length=16)
     model: str | None = None  # POST /api/v1/inference names one model
@@ -51,29 +45,3 @@ class InferenceBody(BaseModel):
         if len(given) > 1:
             raise ValueError(f"give only one of text, prompt or messages (got {', '.join(given)})")
         return self
-
-
-def _field_name(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
-        else:
-            parts.append(str(item))
-    return ".".join(parts)
-
-
-def parse_body(raw: Any, model: type[BaseModel]) -> Any:
-    """A validated body, or a 400 ApiError naming the first offending field."""
-    if not isinstance(raw, dict):
-        raise ApiError("the request body must be a JSON object", field="body")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = _field_name(tuple(first["loc"])) or "body"
-        message = first["msg"].removeprefix("Value error, ")
-        raise ApiError(f"{field}: {message}", field=field,
-                       details={"errors": [{"field": _field_name(tuple(e["loc"])) or "body",
-                                            "message": e["msg"].removeprefix("Value error, ")}
-                                           for e in exc.errors()]}) from None

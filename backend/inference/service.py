@@ -48,6 +48,7 @@ from backend.providers.base import (
     Usage,
 )
 from backend.sse import PING, sse_event, sse_frame_prefix
+from backend.validation import scrub
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Plan:
     params: dict[str, Any]
     model_timeout_s: float
     heartbeat_s: float
+    max_stored_chars: int
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -100,6 +102,20 @@ def _conversation(body: InferenceBody) -> tuple[list[tuple[str, str]], str | Non
     if text is None or not text.strip():
         raise ApiError(f"{field_name}: the prompt is empty; send text, prompt or messages", field=field_name)
     return [("user", text)], system, text
+
+
+def _check_lengths(body: InferenceBody, limit: int) -> None:
+    """Prompts are stored whole, so they are bounded: each text field, and the messages together."""
+    for name in ("text", "prompt", "system"):
+        value = getattr(body, name)
+        if value is not None and len(value) > limit:
+            raise ApiError(f"{name}: {len(value):,} characters, more than the limit of {limit:,} "
+                           "(inference.max_prompt_chars)", field=name)
+    if body.messages is not None:
+        total = sum(len(turn.content) for turn in body.messages)
+        if total > limit:
+            raise ApiError(f"messages: {total:,} characters in all, more than the limit of {limit:,} "
+                           "(inference.max_prompt_chars)", field="messages")
 
 
 def _media(body: InferenceBody, settings: dict[str, Any]) -> tuple[list[Image], dict[str, Any]]:
@@ -141,6 +157,7 @@ def prepare(body: InferenceBody, catalog: Catalog, settings: dict[str, Any]) -> 
         specs.append(spec)
 
     turns, system, prompt = _conversation(body)
+    _check_lengths(body, int(settings["max_prompt_chars"]))
     images, media_info = _media(body, settings)
     if images:
         media_field = "images" if body.images else "video"
@@ -187,7 +204,8 @@ def prepare(body: InferenceBody, catalog: Catalog, settings: dict[str, Any]) -> 
         params["manual_config"] = {"base_url": manual.base_url, "api_url": manual.api_url,
                                    "model_name": manual.model_name, "api_key_given": manual.api_key is not None}
     return Plan(run_id=uuid.uuid4().hex, models=planned, prompt=prompt, system=system, params=params,
-                model_timeout_s=float(settings["model_timeout_s"]), heartbeat_s=float(settings["heartbeat_s"]))
+                model_timeout_s=float(settings["model_timeout_s"]), heartbeat_s=float(settings["heartbeat_s"]),
+                max_stored_chars=int(settings["max_stored_chars"]))
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -336,13 +354,23 @@ def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -
                     if state.first_token is None:
                         state.first_token = perf_counter()
                     state.chunks += 1
-                    state.output.append(event.text)
-                    frames.append(delta_prefix[id(state)] + dumps(event.text).encode() + b"}\n\n")
+                    text = event.text
+                    try:
+                        frames.append(delta_prefix[id(state)] + dumps(text).encode() + b"}\n\n")
+                    except UnicodeEncodeError:  # a lone surrogate from upstream: relayed and stored as U+FFFD
+                        text = scrub(text)
+                        frames.append(delta_prefix[id(state)] + dumps(text).encode() + b"}\n\n")
+                    state.output.append(text)
                 elif event_type is Reasoning:
                     if state.first_token is None:
                         state.first_token = perf_counter()
-                    state.reasoning.append(event.text)
-                    frames.append(reasoning_prefix[id(state)] + dumps(event.text).encode() + b"}\n\n")
+                    text = event.text
+                    try:
+                        frames.append(reasoning_prefix[id(state)] + dumps(text).encode() + b"}\n\n")
+                    except UnicodeEncodeError:
+                        text = scrub(text)
+                        frames.append(reasoning_prefix[id(state)] + dumps(text).encode() + b"}\n\n")
+                    state.reasoning.append(text)
                 elif event_type is Usage:
                     state.usage = event
                 elif event_type is Done:
@@ -409,20 +437,30 @@ def _run_row(plan: Plan) -> dict[str, Any]:
 
 
 def _result_rows(plan: Plan, states: list[ModelState]) -> list[dict[str, Any]]:
+    """What is stored of each model's answer: cut at ``plan.max_stored_chars`` (and marked so); any text
+    that came from upstream made storable (an error message may hold what a delta could)."""
     rows = []
+    limit = plan.max_stored_chars
     for position, state in enumerate(states):
         error = state.error
         status = "completed" if error is None else ("cancelled" if error.code == "cancelled" else "failed")
+        output, reasoning = "".join(state.output), "".join(state.reasoning)
         rows.append({
             "run_id": plan.run_id, "position": position, "model": state.planned.key,
             "display_name": state.planned.name, "provider": state.planned.provider, "status": status,
-            "output": "".join(state.output), "reasoning": "".join(state.reasoning),
-            "error_code": error.code if error else None, "error_message": error.message if error else None,
+            "output": output[:limit], "reasoning": reasoning[:limit],
+            "truncated": len(output) > limit or len(reasoning) > limit,
+            "error_code": error.code if error else None,
+            "error_message": scrub(error.message) if error else None,
             **state.metrics()})
+        if rows[-1]["finish_reason"] is not None:
+            rows[-1]["finish_reason"] = scrub(rows[-1]["finish_reason"])[:64]
     return rows
 
 
-def list_runs(app: Flask, *, limit: int, offset: int, model: str | None, text: str | None) -> dict[str, Any]:
+def list_runs(app: Flask, *, limit: int, offset: int, model: str | None, text: str | None,
+              preview: int | None = None) -> dict[str, Any]:
+    """A page of runs, newest first; with ``preview``, long texts cut (see ``InferenceRun.as_dict``)."""
     query = db.select(InferenceRun).order_by(InferenceRun.created_at.desc())
     if model:
         query = query.where(InferenceRun.id.in_(
@@ -431,7 +469,11 @@ def list_runs(app: Flask, *, limit: int, offset: int, model: str | None, text: s
         query = query.where(InferenceRun.prompt.contains(text, autoescape=True))
     total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery()))
     runs = db.session.scalars(query.options(selectinload(InferenceRun.results)).limit(limit).offset(offset)).all()
-    return {"runs": [run.as_dict() for run in runs], "total": total, "limit": limit, "offset": offset}
+    page: dict[str, Any] = {"runs": [run.as_dict(preview=preview) for run in runs], "total": total, "limit": limit,
+                            "offset": offset}
+    if preview is not None:
+        page["preview_chars"] = preview
+    return page
 
 
 def recent_runs(limit: int) -> list[InferenceRun]:

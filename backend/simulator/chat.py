@@ -137,6 +137,11 @@ def parse_chat_request(body: object) -> ChatRequest:
     ):
         raise ChatRequestError("'temperature' must be a number")
 
+    for text in (model, *all_texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ChatRequestError("text is not valid Unicode (it holds a lone surrogate)") from None
     text_chars = sum(len(text) for text in all_texts)
     return ChatRequest(
         model=model,

@@ -182,15 +182,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         chat.last_user_text[:PROMPT_PREVIEW_CHARS],
     )
     state.tracker.start(record)
-    profile = engine.profile
-    if profile.behavior is Behavior.ERROR or engine.should_fail():
-        state.tracker.finish(record, RequestStatus.ERROR)
-        return error_response(500, "simulated upstream failure", "server_error", 500)
+    try:
+        profile = engine.profile
+        if profile.behavior is Behavior.ERROR or engine.should_fail():
+            state.tracker.finish(record, RequestStatus.ERROR)
+            return error_response(500, "simulated upstream failure", "server_error", 500)
 
-    plan = plan_completion(profile, state.seed, chat)
-    if chat.stream:
-        return await _stream_completion(request, state, engine, chat, plan, record)
-    return await _complete(state, engine, chat, plan, record)
+        plan = plan_completion(profile, state.seed, chat)
+        if chat.stream:
+            return await _stream_completion(request, state, engine, chat, plan, record)
+        return await _complete(state, engine, chat, plan, record)
+    finally:
+        # Whatever happened (a bug, a cancelled handler), the request stops counting as active.
+        state.tracker.finish(record, RequestStatus.ERROR)
 
 
 async def _stream_completion(

@@ -6,10 +6,10 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from backend.catalog.service import get_catalog
 from backend.errors import ApiError
-from backend.inference.schema import parse_body
 from backend.sse import SSE_HEADERS
 from backend.stress import datasets, service
 from backend.stress.params import PRESETS, StressParams
+from backend.validation import MAX_OFFSET, int_arg, json_body, parse_body
 
 bp = Blueprint("stress_api", __name__, url_prefix="/api/v1/stress-tests")
 
@@ -20,25 +20,9 @@ def _settings() -> dict:
     return current_app.config["PEP"]["stress"]
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(f"{name}: must be an integer", field=name) from None
-    if not low <= value <= high:
-        raise ApiError(f"{name}: must be between {low} and {high}", field=name)
-    return value
-
-
 @bp.post("")
 def create():  # type: ignore[no-untyped-def]
-    raw = request.get_json(silent=True)
-    if raw is None:
-        raise ApiError("the request body must be JSON (Content-Type: application/json)", field="body")
-    body = parse_body(raw, StressParams)
+    body = parse_body(json_body(), StressParams)
     job = service.create_job(body, get_catalog(), current_app.config["PEP"])
     return jsonify(service.job_dict(job, _settings())), 201
 
@@ -47,7 +31,7 @@ def create():  # type: ignore[no-untyped-def]
 def list_jobs():  # type: ignore[no-untyped-def]
     return jsonify(service.list_jobs(_settings(), status=request.args.get("status") or None,
                                      model=request.args.get("model") or None,
-                                     limit=_int_arg("limit", 50, 1, 500), offset=_int_arg("offset", 0, 0, 10**9)))
+                                     limit=int_arg("limit", 50, 1, 500), offset=int_arg("offset", 0, 0, MAX_OFFSET)))
 
 
 @bp.get("/presets")
@@ -89,7 +73,7 @@ def delete(job_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/<job_id>/log")
 def log(job_id: str):  # type: ignore[no-untyped-def]
-    lines = service.log_tail(job_id, _settings(), _int_arg("lines", 200, 1, MAX_LOG_LINES))
+    lines = service.log_tail(job_id, _settings(), int_arg("lines", 200, 1, MAX_LOG_LINES))
     if request.args.get("format") == "json":
         return jsonify({"id": job_id, "lines": lines})
     return Response("\n".join(lines) + ("\n" if lines else ""), mimetype="text/plain")

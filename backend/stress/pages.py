@@ -42,11 +42,11 @@ from backend.catalog.service import get_catalog
 from backend.db import db
 from backend.errors import ApiError, NotFound
 from backend.inference import service as inference_service
-from backend.inference.schema import parse_body
 from backend.sse import PING, SSE_HEADERS, sse_event
 from backend.stress import datasets, service
 from backend.stress.models import JobStatus, StressJob
 from backend.stress.params import DEFAULT_PROMPT, FILE_DATASETS, PRESETS, StressParams, available_tokenizers
+from backend.validation import parse_body
 from backend.web import is_htmx_fragment_request, render
 
 bp = Blueprint("stress_pages", __name__)
@@ -188,6 +188,15 @@ def _numbers(raw: str, name: str) -> list[int] | int:
     return numbers
 
 
+def _form_number(raw: str, name: str, kind: type[int] | type[float]) -> int | float:
+    """A form field as the number the API takes (the API itself refuses "10" for 10)."""
+    try:
+        return kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ApiError(f"{name}: must be {what}", field=name) from None
+
+
 def form_body(form: Mapping[str, str]) -> dict[str, Any]:
     """The API's request body from the form's fields (the same validation runs on it afterwards)."""
     body: dict[str, Any] = {}
@@ -222,7 +231,7 @@ def form_body(form: Mapping[str, str]) -> dict[str, Any]:
     for name in names:
         value = form.get(name, "").strip()
         if value:
-            body[name] = value  # pydantic turns "256" into 256 and names the field when it cannot
+            body[name] = _form_number(value, name, float if name == "temperature" else int)
     body["stream"] = form.get("stream") == "on"
     body["exact_output_tokens"] = form.get("exact_output_tokens") == "on"
     return body

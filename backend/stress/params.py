@@ -1,6 +1,6 @@
 """The stress-test request: pydantic for shape, ``check_limits`` for the configured bounds.
 
-Errors are 400s that name the field (``backend.inference.schema.parse_body``). Presets are parameter
+Errors are 400s that name the field (``backend.validation.parse_body``). Presets are parameter
 sets an operator starts from; they carry no target.
 """
 
@@ -10,11 +10,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from backend.catalog.manual import ManualEndpoint
 from backend.config import resolve_path
 from backend.errors import ApiError
+from backend.validation import STRICT
 
 Dataset = Literal["prompt", "random", "random_vl", "line_by_line", "openqa", "custom"]
 FILE_DATASETS = ("line_by_line", "openqa", "custom")
@@ -25,7 +26,7 @@ DEFAULT_PROMPT = "Write a short story about a lighthouse keeper who finds a mess
 
 
 class StressParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     model: str | None = Field(default=None, min_length=1, max_length=200)
     manual_config: ManualEndpoint | None = None
@@ -47,6 +48,16 @@ class StressParams(BaseModel):
     connect_timeout_s: int = Field(default=10, ge=1, le=300)
     read_timeout_s: int = Field(default=120, ge=1, le=3600)
     total_timeout_s: int = Field(default=600, ge=1, le=21600)  # per request, and evalscope's overall bound
+
+    @field_validator("requests", mode="before")
+    @classmethod
+    def _one_or_per_level(cls, value: object) -> object:
+        def whole(item: object) -> bool:
+            return isinstance(item, int) and not isinstance(item, bool)
+
+        if whole(value) or (isinstance(value, list) and all(whole(item) for item in value)):
+            return value
+        raise ValueError("must be a whole number, or a list of whole numbers (one per concurrency level)")
 
     @field_validator("concurrency")
     @classmethod
