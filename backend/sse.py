@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from backend.validation import scrub
+from backend.text import scrub
 
 PING = b": ping\n\n"
 

@@ -85,13 +85,6 @@ def check_text(text: str, field: str) -> None:
                        f"at character {exc.start + 1})", field=field) from None
 
 
-def scrub(text: str) -> str:
-    """Text made storable: each lone surrogate becomes U+FFFD (for what we receive but cannot refuse)."""
-    if text.isascii():
-        return text
-    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-
-
 def field_name(loc: tuple[Any, ...]) -> str:
     """pydantic's location as the request spells it: ``manual_config.base_url``, ``images[2]``."""
     parts: list[str] = []

@@ -234,6 +234,16 @@ def test_answers_are_stored_cut_at_the_limit_and_lists_show_previews(app: Flask,
     assert item["results"][0]["output"] == result["output"][:10] and item["results"][0]["output_chars"] == 30
 
 
+def test_stress_job_lists_show_prompt_previews(app: Flask, client: Any) -> None:
+    app.config["PEP"]["stress"]["preview_chars"] = 12
+    prompt = "Tell me everything about lighthouses."
+    job_id = client.post("/api/v1/stress-tests", json={**BASE["/api/v1/stress-tests"], "prompt": prompt}).json["id"]
+    [listed] = client.get("/api/v1/stress-tests").json["jobs"]
+    assert listed["params"]["prompt"] == prompt[:12] and listed["params"]["prompt_chars"] == len(prompt)
+    whole = client.get(f"/api/v1/stress-tests/{job_id}").json["params"]
+    assert whole["prompt"] == prompt and "prompt_chars" not in whole
+
+
 # --- the simulator's bookkeeping -----------------------------------------------------------------
 
 

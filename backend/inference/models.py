@@ -9,6 +9,7 @@ from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, Stri
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from backend.db import db
+from backend.text import cut_texts
 
 
 def utcnow() -> datetime:
@@ -101,11 +102,3 @@ class InferenceResult(db.Model):
             cut_texts(data, ("output", "reasoning"), preview)
         return data
 
-
-def cut_texts(data: dict[str, Any], names: tuple[str, ...], limit: int) -> None:
-    """Cut each named text longer than ``limit`` and say how long it was (``<name>_chars``)."""
-    for name in names:
-        value = data.get(name)
-        if value and len(value) > limit:
-            data[name] = value[:limit]
-            data[f"{name}_chars"] = len(value)

@@ -48,7 +48,7 @@ from backend.providers.base import (
     Usage,
 )
 from backend.sse import PING, sse_event, sse_frame_prefix
-from backend.validation import scrub
+from backend.text import scrub
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ from backend.stress.models import (
 )
 from backend.stress.outputs import tail
 from backend.stress.params import StressParams, check_limits
+from backend.text import cut_texts
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,9 @@ def _fresh(value: Any, settings: dict[str, Any]) -> bool:
 
 
 def job_dict(job: StressJob, settings: dict[str, Any], *, alive: bool | None = None,
-             with_levels: bool = True) -> dict[str, Any]:
+             with_levels: bool = True, preview: int | None = None) -> dict[str, Any]:
+    """The job as the API shows it; with ``preview``, a long prompt is cut (``params.prompt_chars``
+    gives its length; the job's own route has it whole)."""
     status = job.job_status
     if status in ACTIVE:
         worker_ok: bool | None = _fresh(job.heartbeat_at, settings)
@@ -148,6 +151,8 @@ def job_dict(job: StressJob, settings: dict[str, Any], *, alive: bool | None = N
         "exit_code": job.exit_code,
         "worker_alive": worker_ok,
     }
+    if preview is not None:
+        cut_texts(data["params"], ("prompt",), preview)
     if with_levels:
         data["levels"] = [level.as_dict() for level in job.levels]
     return data
@@ -174,8 +179,9 @@ def list_jobs(settings: dict[str, Any], *, status: str | None, model: str | None
     total = db.session.scalar(select(func.count()).select_from(query.subquery()))
     jobs = db.session.scalars(query.order_by(StressJob.created_at.desc()).limit(limit).offset(offset)).all()
     alive = worker_alive(settings)
-    return {"jobs": [job_dict(job, settings, alive=alive) for job in jobs], "total": total,
-            "worker": {"alive": alive}}
+    preview = int(settings["preview_chars"])
+    return {"jobs": [job_dict(job, settings, alive=alive, preview=preview) for job in jobs], "total": total,
+            "worker": {"alive": alive}, "preview_chars": preview}
 
 
 # --- changing ------------------------------------------------------------------------------------
