@@ -1,0 +1,225 @@
+"""What the results say, computed from per-request rows and level rows: pure functions, no database.
+
+Definitions (the README uses the same words):
+
+- **TTFT**: time from sending a request to its first content or reasoning token, in ms.
+- **Latency**: time from sending a request to its last token, in s.
+- **TPOT**: time per output token after the first, ``(latency - TTFT) / (output tokens - 1)``, in ms.
+- **ITL**: inter-token latency, the gap between two consecutive tokens of one stream, in ms.
+- **Percentiles** are nearest-rank (the smallest value with at least p % of the values at or below
+  it), as evalscope computes them, so our figures and evalscope's files agree.
+- **Throughput**: successful requests (or their output tokens) per second of the level's wall time.
+- **Goodput**: requests per second that succeeded *and* met every per-request limit of the SLO
+  (TTFT, TPOT, latency); the good fraction is over all requests, failed ones included (AIPerf, vLLM).
+- **Capacity**: the highest tested concurrency whose percentile limits and error-rate limit hold;
+  a level cut short (partial) is not a measurement of its concurrency and does not count.
+
+A figure that cannot be computed (no successful request, no streamed tokens) is None, never 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99)
+LIMITED = ("ttft_ms", "tpot_ms", "latency_s")  # per-request metrics an SLO may bound
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile of ``values`` (None when there are none)."""
+    clean = [v for v in values if v is not None and math.isfinite(v)]
+    if not clean:
+        return None
+    return float(np.percentile(np.asarray(clean, dtype=float), p, method="inverted_cdf"))
+
+
+def mean(values: Iterable[float | None]) -> float | None:
+    clean = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(clean) / len(clean) if clean else None
+
+
+def distribution(values: Sequence[float | None]) -> dict[str, float | None]:
+    """avg and the percentiles of ``values`` (None entries are left out)."""
+    clean = [v for v in values if v is not None and math.isfinite(v)]
+    return {"avg": mean(clean), **{f"p{p}": percentile(clean, p) for p in PERCENTILES}}
+
+
+# --- service level objectives --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Limits an operator holds a deployment to: per-request limits judged at ``percentile`` for
+    capacity (and per request for goodput), and a bound on the error rate. None: no limit."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    latency_s: float | None = None
+    error_rate: float | None = None
+    percentile: float = 95.0
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Slo:
+        known = {name: data[name] for name in ("ttft_ms", "tpot_ms", "latency_s", "error_rate", "percentile")
+                 if data.get(name) is not None}
+        return cls(**known)
+
+    def limits(self) -> dict[str, float]:
+        return {name: value for name in LIMITED if (value := getattr(self, name)) is not None}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "latency_s": self.latency_s,
+                "error_rate": self.error_rate, "percentile": self.percentile}
+
+    def describe(self) -> str:
+        """"p95 TTFT ≤ 500 ms, p95 TPOT ≤ 50 ms, error rate ≤ 1 %" (or "no limits")."""
+        p = f"p{self.percentile:g}"
+        parts = [f"{p} TTFT ≤ {self.ttft_ms:g} ms" if self.ttft_ms is not None else "",
+                 f"{p} TPOT ≤ {self.tpot_ms:g} ms" if self.tpot_ms is not None else "",
+                 f"{p} latency ≤ {self.latency_s:g} s" if self.latency_s is not None else "",
+                 f"error rate ≤ {self.error_rate * 100:g} %" if self.error_rate is not None else ""]
+        return ", ".join(part for part in parts if part) or "no limits"
+
+
+def is_good(request: Mapping[str, Any], slo: Slo) -> bool:
+    """A request that succeeded and met every per-request limit (a missing figure does not meet one)."""
+    if not request.get("success"):
+        return False
+    for name, limit in slo.limits().items():
+        value = request.get(name)
+        if value is None or not math.isfinite(value) or value > limit:
+            return False
+    return True
+
+
+@dataclass
+class Goodput:
+    good: int
+    total: int
+    duration_s: float | None
+
+    @property
+    def fraction(self) -> float | None:
+        return self.good / self.total if self.total else None
+
+    @property
+    def per_s(self) -> float | None:
+        return self.good / self.duration_s if self.duration_s else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"good": self.good, "total": self.total, "fraction": self.fraction, "per_s": self.per_s}
+
+
+def goodput(requests: Sequence[Mapping[str, Any]], slo: Slo, duration_s: float | None) -> Goodput:
+    return Goodput(good=sum(1 for r in requests if is_good(r, slo)), total=len(requests), duration_s=duration_s)
+
+
+@dataclass
+class Verdict:
+    """Whether one level meets the SLO, and which limits it breaks (or cannot be judged on)."""
+
+    meets: bool | None  # None: cannot be judged (a partial level, or no successful request)
+    broken: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"meets": self.meets, "broken": self.broken, "unknown": self.unknown, "reason": self.reason}
+
+
+def judge(level: Mapping[str, Any], requests: Sequence[Mapping[str, Any]], slo: Slo) -> Verdict:
+    """The SLO verdict for a level from its per-request rows (percentiles at ``slo.percentile``)."""
+    if not level.get("complete", True):
+        return Verdict(meets=None, reason="cut short: not a measurement of this concurrency")
+    total = len(requests) or int(level.get("requests") or 0)
+    failed = sum(1 for r in requests if not r.get("success")) if requests else int(level.get("failed") or 0)
+    broken, unknown = [], []
+    if slo.error_rate is not None:
+        if not total:
+            unknown.append("error_rate")
+        elif failed / total > slo.error_rate:
+            broken.append("error_rate")
+    ok = [r for r in requests if r.get("success")]
+    for name, limit in slo.limits().items():
+        value = percentile([r.get(name) for r in ok], slo.percentile)
+        if value is None:
+            unknown.append(name)
+        elif value > limit:
+            broken.append(name)
+    if broken:
+        return Verdict(meets=False, broken=broken, unknown=unknown)
+    if unknown:
+        return Verdict(meets=None, unknown=unknown, reason=f"no value for {', '.join(unknown)}")
+    return Verdict(meets=True)
+
+
+@dataclass
+class Capacity:
+    concurrency: int | None  # the highest tested concurrency that meets the SLO; None when none does
+    position: int | None
+    tested: int  # complete levels judged
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"concurrency": self.concurrency, "position": self.position, "tested": self.tested,
+                "reason": self.reason}
+
+
+def capacity(levels: Sequence[Mapping[str, Any]], verdicts: Sequence[Verdict]) -> Capacity:
+    """The highest concurrency whose level meets the SLO. Levels are judged on their own: a lower
+    level that fails does not hide a higher one that holds (the table shows both)."""
+    judged = [(level, verdict) for level, verdict in zip(levels, verdicts, strict=True) if verdict.meets is not None]
+    good = [(int(level["concurrency"]), int(level["position"])) for level, verdict in judged if verdict.meets]
+    if not judged:
+        return Capacity(None, None, 0, "no complete level could be judged")
+    if not good:
+        return Capacity(None, None, len(judged), "no tested concurrency meets the SLO")
+    best, position = max(good)
+    highest = max(int(level["concurrency"]) for level, _ in judged)
+    reason = ("every tested concurrency meets the SLO: the capacity may be higher" if best == highest
+              else f"concurrency {best} is the highest that meets the SLO")
+    return Capacity(best, position, len(judged), reason)
+
+
+# --- levels from per-request rows (a level cut short has no evalscope summary) ------------------
+
+
+def level_from_requests(requests: Sequence[Mapping[str, Any]], gaps_ms: Sequence[float]) -> dict[str, Any]:
+    """The figures of a level computed from its per-request rows, in the shape of
+    ``backend.stress.outputs.level_result``; ``gaps_ms`` are every inter-token gap of its requests."""
+    ok = [r for r in requests if r.get("success")]
+    starts = [r["start_s"] for r in requests if r.get("start_s") is not None]
+    ends = [r["end_s"] for r in requests if r.get("end_s") is not None]
+    duration = (max(ends) - min(starts)) if starts and ends and max(ends) > min(starts) else None
+    output = sum(int(r.get("output_tokens") or 0) for r in ok)
+    total_tokens = output + sum(int(r.get("input_tokens") or 0) for r in ok)
+
+    def rate(amount: float) -> float | None:
+        return amount / duration if duration and ok else None
+
+    def dist(values: Sequence[float | None]) -> dict[str, float | None]:
+        figures = distribution(values)
+        return {key: figures[key] for key in ("avg", "p50", "p90", "p95", "p99")}
+
+    return {
+        "requests": len(requests),
+        "succeeded": len(ok),
+        "failed": len(requests) - len(ok),
+        "duration_s": duration,
+        "req_per_s": rate(len(ok)),
+        "output_tokens_per_s": rate(output),
+        "total_tokens_per_s": rate(total_tokens),
+        "avg_input_tokens": mean(r.get("input_tokens") for r in ok),
+        "avg_output_tokens": mean(r.get("output_tokens") for r in ok),
+        "metrics": {
+            "latency_s": dist([r.get("latency_s") for r in ok]),
+            "ttft_ms": dist([r.get("ttft_ms") for r in ok]),
+            "tpot_ms": dist([r.get("tpot_ms") for r in ok]),
+            "itl_ms": dist(gaps_ms),
+        },
+    }
