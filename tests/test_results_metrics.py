@@ -176,3 +176,62 @@ def test_read_level_file(tmp_path: Path) -> None:
     assert hostile["error"] is None and not Path("/tmp/pep-pwned").exists()  # never unpickled as an object
     assert sorted(level.gaps_ms) == pytest.approx(sorted([100.0] * 7 + [200.0, 300.0, 250.0]))
     assert read_level_file(tmp_path / "missing.db") is None
+
+
+# --- cost ----------------------------------------------------------------------------------------
+
+
+def test_cost_of_an_instance_by_hand(tmp_path: Path) -> None:
+    from backend.results.cost import Pricing, level_cost
+
+    pricing_file = tmp_path / "pricing.yaml"
+    pricing_file.write_text("as_of: '2026-12-01'\nregion: us-east-1\ninstances: {g5.2xlarge: 1.212}\n"
+                            "bedrock: {claude35: {input_per_m: 3.0, output_per_m: 15.0}}\n")
+    pricing = Pricing.load(pricing_file)
+    target = {"provider": "openai", "catalog_provider": "emd", "key": "qwen3-8b", "instance_type": "g5.2xlarge",
+              "instances": 2}
+    # 2 instances x $1.212/h = $2.424/h; at 500 output tokens/s an hour makes 1.8 M tokens: $1.3467 per M.
+    cost = level_cost(pricing, target, {"output_tokens_per_s": 500.0})
+    assert cost.value == pytest.approx(2.424 / 1.8) and cost.basis == "instance"
+    assert "2 x g5.2xlarge" in cost.reason and "2026-12-01" in cost.reason
+    assert level_cost(pricing, target, {"output_tokens_per_s": None}).value is None
+
+
+def test_cost_of_bedrock_tokens_by_hand(tmp_path: Path) -> None:
+    from backend.results.cost import Pricing, level_cost
+
+    pricing_file = tmp_path / "pricing.yaml"
+    pricing_file.write_text("bedrock: {claude35: {input_per_m: 3.0, output_per_m: 15.0}}\n")
+    pricing = Pricing.load(pricing_file)
+    # A request with 1,000 input and 250 output tokens costs 3*1000/1e6 + 15*250/1e6 = $0.00675;
+    # per million output tokens that is 0.00675 / 250 * 1e6 = $27.
+    cost = level_cost(pricing, {"provider": "bedrock", "key": "claude35"},
+                      {"avg_input_tokens": 1000.0, "avg_output_tokens": 250.0})
+    assert cost.value == pytest.approx(27.0) and cost.basis == "tokens"
+
+
+@pytest.mark.parametrize(("target", "words"), [
+    ({"provider": "bedrock", "key": "nova-ultra"}, "no Bedrock price for nova-ultra"),
+    ({"provider": "openai", "catalog_provider": "emd", "key": "x", "instance_type": "z9.huge"}, "no price for z9.huge"),
+    ({"provider": "openai", "kind": "manual", "key": "manual:m"}, "instance type unknown"),
+    ({"provider": "openai", "catalog_provider": "simulator", "key": "sim-fast"}, "simulator"),
+])
+def test_unknown_prices_say_so(target: dict, words: str) -> None:
+    from backend.results.cost import Pricing, level_cost
+
+    pricing = Pricing.load("config/pricing.yaml")
+    cost = level_cost(pricing, target, {"output_tokens_per_s": 100.0, "avg_output_tokens": 10.0})
+    assert cost.value is None and words in cost.reason
+
+
+def test_the_shipped_pricing_covers_every_bedrock_model_of_the_catalogue() -> None:
+    import yaml
+
+    from backend.config import PROJECT_ROOT
+    from backend.results.cost import Pricing
+
+    catalogue = yaml.safe_load((PROJECT_ROOT / "config" / "models.yaml").read_text())["models"]
+    bedrock = {key for key, spec in catalogue.items() if spec.get("provider") == "bedrock"}
+    pricing = Pricing.load("config/pricing.yaml")
+    assert bedrock and bedrock <= set(pricing.bedrock)
+    assert pricing.as_of and pricing.region
