@@ -26,6 +26,26 @@ from typing import Any
 
 import numpy as np
 
+# One hover away on every page (and in the README): what each figure means.
+DEFINITIONS = {
+    "ttft": "Time to first token: from sending a request to its first content or reasoning token.",
+    "latency": "Latency: from sending a request to its last token.",
+    "tpot": "Time per output token: (latency - TTFT) / (output tokens - 1), per request.",
+    "itl": "Inter-token latency: the gap between two consecutive tokens of one stream.",
+    "percentile": "Nearest-rank percentile: the smallest value with at least p % of the values at or below it.",
+    "req_per_s": "Requests that succeeded, per second of the level's wall time.",
+    "output_tokens_per_s": "Output tokens of successful requests, per second of the level's wall time.",
+    "total_tokens_per_s": "Input and output tokens of successful requests, per second of the level's wall time.",
+    "goodput": "Goodput: requests per second that succeeded and met every per-request SLO limit "
+               "(TTFT, TPOT, latency); the good fraction counts all requests, failed ones included.",
+    "error_rate": "Failed requests over all requests of the level.",
+    "capacity": "The highest tested concurrency whose percentile limits and error-rate limit hold; "
+                "a level cut short does not count.",
+    "cost": "Cost per million output tokens: hourly price x instances / (3600 x output tokens/s) x 10^6 for "
+            "instances; for Bedrock, the input and output tokens of a request at their prices, per output token.",
+    "partial": "A level cut short by a cancel or a crash: its figures come from the requests it finished.",
+}
+
 PERCENTILES = (50, 90, 95, 99)
 LIMITED = ("ttft_ms", "tpot_ms", "latency_s")  # per-request metrics an SLO may bound
 
@@ -86,15 +106,47 @@ class Slo:
         return ", ".join(part for part in parts if part) or "no limits"
 
 
-def is_good(request: Mapping[str, Any], slo: Slo) -> bool:
-    """A request that succeeded and met every per-request limit (a missing figure does not meet one)."""
-    if not request.get("success"):
-        return False
-    for name, limit in slo.limits().items():
-        value = request.get(name)
-        if value is None or not math.isfinite(value) or value > limit:
-            return False
-    return True
+@dataclass
+class Columns:
+    """A level's requests as columns (NaN where a figure is missing), so that a level of 10,000
+    requests is judged in a few array operations rather than a Python loop per request."""
+
+    success: np.ndarray
+    ttft_ms: np.ndarray
+    tpot_ms: np.ndarray
+    latency_s: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Mapping[str, Any]]) -> Columns:
+        def column(name: str) -> np.ndarray:
+            return np.array([r.get(name) if r.get(name) is not None else np.nan for r in rows], dtype=float)
+
+        return cls(success=np.array([bool(r.get("success")) for r in rows], dtype=bool),
+                   ttft_ms=column("ttft_ms"), tpot_ms=column("tpot_ms"), latency_s=column("latency_s"))
+
+    def __len__(self) -> int:
+        return len(self.success)
+
+    def good(self, slo: Slo) -> np.ndarray:
+        """Requests that succeeded and met every per-request limit (a missing figure meets none)."""
+        mask = self.success.copy()
+        for name, limit in slo.limits().items():
+            values = getattr(self, name)
+            with np.errstate(invalid="ignore"):
+                mask &= np.isfinite(values) & (values <= limit)
+        return mask
+
+    def ok_values(self, name: str) -> np.ndarray:
+        values = getattr(self, name)[self.success]
+        return values[np.isfinite(values)]
+
+
+def _columns(requests: Columns | Sequence[Mapping[str, Any]]) -> Columns:
+    return requests if isinstance(requests, Columns) else Columns.from_rows(requests)
+
+
+def _percentile_of(values: np.ndarray, p: float) -> float | None:
+    return float(np.percentile(values, p, method="inverted_cdf")) if len(values) else None
 
 
 @dataclass
@@ -115,8 +167,9 @@ class Goodput:
         return {"good": self.good, "total": self.total, "fraction": self.fraction, "per_s": self.per_s}
 
 
-def goodput(requests: Sequence[Mapping[str, Any]], slo: Slo, duration_s: float | None) -> Goodput:
-    return Goodput(good=sum(1 for r in requests if is_good(r, slo)), total=len(requests), duration_s=duration_s)
+def goodput(requests: Columns | Sequence[Mapping[str, Any]], slo: Slo, duration_s: float | None) -> Goodput:
+    columns = _columns(requests)
+    return Goodput(good=int(columns.good(slo).sum()), total=len(columns), duration_s=duration_s)
 
 
 @dataclass
@@ -132,21 +185,29 @@ class Verdict:
         return {"meets": self.meets, "broken": self.broken, "unknown": self.unknown, "reason": self.reason}
 
 
-def judge(level: Mapping[str, Any], requests: Sequence[Mapping[str, Any]], slo: Slo) -> Verdict:
-    """The SLO verdict for a level from its per-request rows (percentiles at ``slo.percentile``)."""
+def judge(level: Mapping[str, Any], requests: Columns | Sequence[Mapping[str, Any]], slo: Slo) -> Verdict:
+    """The SLO verdict for a level from its per-request rows (percentiles at ``slo.percentile``).
+
+    A level stored before per-request rows existed has none: its own percentiles are used when the
+    SLO's percentile is one the level row keeps (50, 90, 95, 99)."""
     if not level.get("complete", True):
         return Verdict(meets=None, reason="cut short: not a measurement of this concurrency")
-    total = len(requests) or int(level.get("requests") or 0)
-    failed = sum(1 for r in requests if not r.get("success")) if requests else int(level.get("failed") or 0)
+    columns = _columns(requests)
+    if len(columns):
+        total, failed = len(columns), int((~columns.success).sum())
+    else:
+        total, failed = int(level.get("requests") or 0), int(level.get("failed") or 0)
     broken, unknown = [], []
     if slo.error_rate is not None:
         if not total:
             unknown.append("error_rate")
         elif failed / total > slo.error_rate:
             broken.append("error_rate")
-    ok = [r for r in requests if r.get("success")]
     for name, limit in slo.limits().items():
-        value = percentile([r.get(name) for r in ok], slo.percentile)
+        if len(columns):
+            value = _percentile_of(columns.ok_values(name), slo.percentile)
+        else:
+            value = ((level.get("metrics") or {}).get(name) or {}).get(f"p{slo.percentile:g}")
         if value is None:
             unknown.append(name)
         elif value > limit:

@@ -1,0 +1,66 @@
+"""The results pages: the list of finished stress tests, and one job's results."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, abort, render_template, request
+from sqlalchemy import select
+
+from backend.db import db
+from backend.errors import ApiError, NotFound
+from backend.results import service
+from backend.results.figures import level_figures, request_figures
+from backend.results.metrics import DEFINITIONS
+from backend.results.slo_args import BOUNDS, slo_from_args
+from backend.stress.models import FINISHED, StressJob
+from backend.validation import MAX_OFFSET, int_arg
+
+bp = Blueprint("results_pages", __name__)
+
+PAGE_SIZE = 25
+
+
+@bp.app_context_processor
+def _definitions() -> dict[str, object]:
+    return {"definitions": DEFINITIONS}
+
+
+@bp.get("/results")
+def index():  # type: ignore[no-untyped-def]
+    filters = {name: request.args.get(name, "").strip() for name in ("q", "model", "status", "since", "until")}
+    problem = None
+    try:
+        offset = int_arg("offset", 0, 0, MAX_OFFSET)
+        page = service.list_results(model=filters["model"] or None, status=filters["status"] or None,
+                                    since=filters["since"] or None, until=filters["until"] or None,
+                                    text=filters["q"] or None, limit=PAGE_SIZE, offset=offset)
+    except ApiError as exc:
+        problem = exc.message
+        page = {"results": [], "total": 0, "limit": PAGE_SIZE, "offset": 0}
+    models = db.session.scalars(select(StressJob.model_key).distinct().order_by(StressJob.model_key)).all()
+    response = render_template("results/index.html", title="Results", page=page, problem=problem, models=models,
+                               statuses=[s.value for s in FINISHED],
+                               filters={k: v for k, v in filters.items() if v})
+    return response, 400 if problem else 200
+
+
+@bp.get("/results/<job_id>")
+def job(job_id: str):  # type: ignore[no-untyped-def]
+    try:
+        row = service.finished_job(job_id)
+    except NotFound:
+        abort(404, description=f"There is no stress test {job_id}.")
+    problem = None
+    try:
+        slo = slo_from_args(request.args, service.default_slo())
+    except ApiError as exc:
+        problem, slo = exc.message, service.default_slo()
+    results = service.job_results(row, slo)
+    figures = level_figures(results["levels"]) + request_figures(row.id, results["levels"])
+    slo_query = {name: request.args[name] for name in BOUNDS if name in request.args and not problem}
+    return render_template("results/job.html", title=f"Results of {row.id}", results=results, problem=problem,
+                           slo_query=slo_query,
+                           figures=figures,
+                           figures_json=json.dumps(figures, allow_nan=False, default=str).replace("<", "\\u003c")
+                           ), 400 if problem else 200

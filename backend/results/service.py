@@ -1,0 +1,188 @@
+"""The results of stress jobs, read from the database only (level rows and per-request rows).
+
+``job_results`` gives everything one job's page, its API route and its exports show: the per-level
+table (with goodput, the SLO verdict and the cost of each level), the summary cards, the capacity,
+and the SLO and prices they were judged with. ``list_results`` pages through finished jobs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from flask import current_app
+from sqlalchemy import func, or_, select
+
+from backend.db import db
+from backend.errors import ApiError, NotFound
+from backend.results.cost import Cost, Pricing, level_cost
+from backend.results.metrics import Columns, Slo, Verdict, capacity, goodput, judge
+from backend.results.models import StressRequest
+from backend.stress.models import FINISHED, StressJob, StressLevel
+
+METRICS = ("latency_s", "ttft_ms", "tpot_ms", "itl_ms")
+QUANTILES = ("avg", "p50", "p90", "p95", "p99")
+
+
+def settings() -> dict[str, Any]:
+    return current_app.config["PEP"]["results"]
+
+
+def default_slo() -> Slo:
+    return Slo.from_mapping(settings()["slo"])
+
+
+def pricing() -> Pricing:
+    return Pricing.load(settings()["pricing_file"])
+
+
+def finished_job(job_id: str) -> StressJob:
+    job = db.session.get(StressJob, job_id)
+    if job is None:
+        raise NotFound(f"no stress job {job_id!r}")
+    return job
+
+
+# --- one job -------------------------------------------------------------------------------------
+
+
+def request_columns(job_id: str) -> dict[int, Columns]:
+    """The job's per-request rows as columns, per level position (one query, no ORM objects)."""
+    rows = db.session.execute(
+        select(StressRequest.position, StressRequest.success, StressRequest.ttft_ms, StressRequest.tpot_ms,
+               StressRequest.latency_s)
+        .where(StressRequest.job_id == job_id).order_by(StressRequest.position, StressRequest.seq)).all()
+    if not rows:
+        return {}
+    table = np.array([(p, 1.0 if ok else 0.0, *(np.nan if v is None else v for v in rest))
+                      for p, ok, *rest in rows], dtype=float)
+    columns = {}
+    for position in np.unique(table[:, 0]).astype(int):
+        part = table[table[:, 0] == position]
+        columns[int(position)] = Columns(success=part[:, 1].astype(bool), ttft_ms=part[:, 2],
+                                         tpot_ms=part[:, 3], latency_s=part[:, 4])
+    return columns
+
+
+def _level_row(level: StressLevel, columns: Columns | None, slo: Slo, prices: Pricing,
+               target: dict[str, Any]) -> tuple[dict[str, Any], Verdict]:
+    data = level.as_dict()
+    data["position"] = level.position
+    data["metrics"] = {name: {q: (level.metrics or {}).get(name, {}).get(q) for q in QUANTILES} for name in METRICS}
+    data["error_rate"] = level.failed / level.requests if level.requests else None
+    data["per_request_rows"] = len(columns) if columns is not None else 0
+    if columns is not None and len(columns):
+        data["goodput"] = goodput(columns, slo, level.duration_s).as_dict()
+    else:
+        data["goodput"] = {"good": None, "total": None, "fraction": None, "per_s": None,
+                           "reason": "no per-request rows for this level"}
+    verdict = judge(data, columns if columns is not None else [], slo)
+    data["slo"] = verdict.as_dict()
+    data["cost"] = level_cost(prices, target, data).as_dict()
+    return data, verdict
+
+
+def _best(levels: list[dict[str, Any]], key: Any, highest: bool) -> dict[str, Any] | None:
+    """The level with the best value of ``key`` (None values never win), with that value."""
+    scored = [(value, level) for level in levels if (value := key(level)) is not None]
+    if not scored:
+        return None
+    value, level = (max if highest else min)(scored, key=lambda pair: pair[0])
+    return {"value": value, "concurrency": level["concurrency"], "partial": not level["complete"]}
+
+
+def job_results(job: StressJob, slo: Slo | None = None) -> dict[str, Any]:
+    slo = slo or default_slo()
+    prices = pricing()
+    columns = request_columns(job.id)
+    target = dict(job.target)
+    rows = [_level_row(level, columns.get(level.position), slo, prices, target) for level in job.levels]
+    levels = [row for row, _ in rows]
+    found = capacity(levels, [verdict for _, verdict in rows])
+    at_capacity = next((level for level in levels if level["position"] == found.position), None)
+    requests = sum(level["requests"] for level in levels)
+    failed = sum(level["failed"] for level in levels)
+    summary = {
+        "peak_req_per_s": _best(levels, lambda lv: lv["req_per_s"], highest=True),
+        "peak_output_tokens_per_s": _best(levels, lambda lv: lv["output_tokens_per_s"], highest=True),
+        "lowest_p50_latency_s": _best(levels, lambda lv: lv["latency_s"]["p50"], highest=False),
+        "error_rate": {"value": failed / requests if requests else None, "failed": failed, "requests": requests},
+        "capacity": found.as_dict(),
+        "cost_at_capacity": (at_capacity["cost"] if at_capacity is not None
+                             else Cost(None, "no capacity: no level meets the SLO").as_dict()),
+    }
+    return {
+        "job": _job_summary(job),
+        "slo": {**slo.as_dict(), "description": slo.describe()},
+        "pricing": {"as_of": prices.as_of, "region": prices.region},
+        "summary": summary,
+        "levels": levels,
+        "partial": any(not level["complete"] for level in levels),
+    }
+
+
+def _job_summary(job: StressJob) -> dict[str, Any]:
+    params = dict(job.params)
+    return {"id": job.id, "status": job.status, "model": job.model_key, "name": (job.target or {}).get("name"),
+            "target": {k: v for k, v in dict(job.target).items() if k not in ("api_key_env",)},
+            "created_at": job.created_at.isoformat() if job.created_at else None,
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+            "error": job.error, "token_source": job.token_source,
+            "workload": {key: params.get(key) for key in ("dataset", "input_tokens", "output_tokens", "stream",
+                                                           "temperature", "tokenizer", "dataset_file")},
+            "concurrency": params.get("concurrency"), "requests": params.get("requests")}
+
+
+def request_rows(job_id: str) -> list[dict[str, Any]]:
+    """Every per-request row of a job, for the CSV export."""
+    names = ("position", "seq", "start_s", "end_s", "success", "ttft_ms", "latency_s", "tpot_ms", "itl_mean_ms",
+             "itl_max_ms", "input_tokens", "output_tokens", "error")
+    query = (select(*(getattr(StressRequest, name) for name in names)).where(StressRequest.job_id == job_id)
+             .order_by(StressRequest.position, StressRequest.seq))
+    return [dict(zip(names, row, strict=True)) for row in db.session.execute(query)]
+
+
+# --- many jobs -----------------------------------------------------------------------------------
+
+
+def _date(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(f"{name}: must be a date (YYYY-MM-DD)", field=name) from None
+
+
+def list_results(*, model: str | None, status: str | None, since: str | None, until: str | None,
+                 text: str | None, limit: int, offset: int) -> dict[str, Any]:
+    """Finished jobs, newest first, with their headline figures from the level rows."""
+    finished = [s.value for s in FINISHED]
+    query = select(StressJob).where(StressJob.status.in_(finished))
+    if status:
+        if status not in finished:
+            raise ApiError(f"status: must be one of {', '.join(finished)}", field="status")
+        query = query.where(StressJob.status == status)
+    if model:
+        query = query.where(StressJob.model_key == model)
+    if (start := _date(since, "since")) is not None:
+        query = query.where(StressJob.created_at >= start)
+    if (end := _date(until, "until")) is not None:
+        query = query.where(StressJob.created_at < end)
+    if text:
+        pattern = f"%{text}%"
+        query = query.where(or_(StressJob.id.ilike(pattern), StressJob.model_key.ilike(pattern),
+                                StressJob.target["name"].as_string().ilike(pattern)))
+    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    jobs = db.session.scalars(query.order_by(StressJob.created_at.desc(), StressJob.id)
+                              .limit(limit).offset(offset)).all()
+    items = []
+    for job in jobs:
+        levels = job.levels
+        items.append({**_job_summary(job), "levels": len(levels),
+                      "partial": any(not level.complete for level in levels),
+                      "peak_req_per_s": max((lv.req_per_s for lv in levels if lv.req_per_s is not None), default=None),
+                      "peak_output_tokens_per_s": max((lv.output_tokens_per_s for lv in levels
+                                                       if lv.output_tokens_per_s is not None), default=None)})
+    return {"results": items, "total": total, "limit": limit, "offset": offset}
