@@ -222,19 +222,31 @@ def test_manual_endpoint_key_is_never_echoed(app: Flask, client: FlaskClient) ->
 
 
 @pytest.mark.parametrize(("changes", "field", "message"), [
-    ({"concurrency": "1, 0"}, "concurrency", "at least 1"),
-    ({"concurrency": "1, x"}, "concurrency", "whole numbers"),
-    ({"concurrency": "1, 1"}, "concurrency", "repeated"),
-    ({"requests": "1, 2, 3"}, "requests", "one per concurrency level"),
-    ({"prompt": ""}, "prompt", "required with dataset"),
-    ({"target": ""}, "target", "choose a model"),
-    ({"target": "nope"}, "target", "unknown model"),
-    ({"output_tokens": "abc"}, "output_tokens", "must be a whole number"),
-    ({"temperature": "nan"}, "temperature", "must be a finite number"),
-    ({"temperature": "3"}, "temperature", "must be at most 2"),
-    ({"dataset": "openqa"}, "dataset_file", "upload one first"),
-    ({"dataset": "random"}, "tokenizer", "none is configured"),
-    ({"target": "__manual__", "manual_url": "ftp://x", "manual_model": "m"}, "manual_url", "http://"),
+    ({"concurrency": "1, 0"}, "concurrency", "Concurrency levels: level 2 must be at least 1"),
+    ({"concurrency": "1, x"}, "concurrency", "Concurrency levels: whole numbers"),
+    ({"concurrency": "1, 1"}, "concurrency", "Concurrency levels: a level is repeated"),
+    ({"requests": "1, 2, 3"}, "requests", "Requests per level: give one number, or one per concurrency level"),
+    ({"prompt": ""}, "prompt", "Prompt: required with the “Fixed prompt” dataset"),
+    ({"target": ""}, "target", "Model: choose a model"),
+    ({"target": "nope"}, "target", "Model: unknown model"),
+    ({"output_tokens": "abc"}, "output_tokens", "Output tokens: must be a whole number"),
+    ({"output_tokens": ""}, "output_tokens", "Output tokens: enter a whole number"),
+    ({"temperature": ""}, "temperature", "Temperature: enter a number"),
+    ({"total_timeout_s": ""}, "total_timeout_s", "Timeout per request: enter a whole number"),
+    ({"temperature": "nan"}, "temperature", "Temperature: must be a finite number"),
+    ({"temperature": "3"}, "temperature", "Temperature: must be at most 2"),
+    ({"label": "x" * 101}, "label", "Label: must be at most 100 characters long"),
+    ({"dataset": "openqa"}, "dataset_file",
+     "Uploaded file: required with the “File: OpenQA” dataset (upload one first)"),
+    ({"dataset": "random"}, "tokenizer", "Tokenizer: the “Random tokens” dataset needs a local tokenizer"),
+    ({"target": "__manual__", "manual_url": "ftp://x", "manual_model": "m"}, "manual_url",
+     "Base URL or chat completions URL: must be an http:// or https:// URL"),
+    ({"target": "__manual__", "manual_url": "", "manual_model": "m"}, "manual_url",
+     "Base URL or chat completions URL: enter one"),
+    ({"target": "__manual__", "manual_url": "http://127.0.0.1:9/v1", "manual_model": ""}, "manual_model",
+     "Model name: must not be empty"),
+    ({"warmup": "fixed", "warmup_count": ""}, "warmup", "Warm-up requests: enter a whole number"),
+    ({"warmup": "fixed", "warmup_count": "100000"}, "warmup", "Warm-up requests: at most 10000"),
 ])
 def test_form_errors_land_next_to_their_field(client: FlaskClient, changes: dict[str, str], field: str,
                                               message: str) -> None:
@@ -248,7 +260,7 @@ def test_form_errors_land_next_to_their_field(client: FlaskClient, changes: dict
     assert fragment.status_code == 400 and "<html" not in fragment.text
     oob = re.search(rf'<div class="field-error" id="error-{field}" hx-swap-oob="true">([^<]*)</div>', fragment.text)
     assert oob and message in oob.group(1).replace("&#39;", "'")
-    assert '<div class="field-error" id="error-label" hx-swap-oob="true"></div>' in fragment.text
+    assert '<div class="field-error" id="error-dataset" hx-swap-oob="true"></div>' in fragment.text
 
 
 # --- one job -------------------------------------------------------------------------------------

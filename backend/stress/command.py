@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.config import resolve_path
-from backend.stress.evalscope_args import bedrock_args
+from backend.stress.evalscope_args import SYSTEM_FILE_FLAG, WARMUP_PER_SLOT_FLAG, bedrock_args
 
 # The module that runs evalscope's CLI: it registers our Bedrock API plugin, applies the measurement
 # fixes and reads the key from PEP_TARGET_API_KEY (backend/stress/evalscope_entry.py).
@@ -50,6 +50,10 @@ class JobPaths:
         return self.output_dir / "prompt.txt"
 
     @property
+    def system_path(self) -> Path:
+        return self.output_dir / "system.txt"
+
+    @property
     def progress_path(self) -> Path:
         return self.run_dir / "progress.json"
 
@@ -77,6 +81,14 @@ def dataset_path(settings: dict[str, Any], dataset_id: str, dataset_format: str)
     return stored_path(settings, dataset_id, dataset_format)
 
 
+def warmup_args(warmup: int | str) -> list[str]:
+    """evalscope's own ``--warmup-num`` for a fixed count; our entry module's flag for one per concurrency slot
+    (evalscope takes one count for every level of a sweep)."""
+    if warmup == "concurrency":
+        return [WARMUP_PER_SLOT_FLAG]
+    return [f"--warmup-num={int(warmup)}"] if int(warmup) > 0 else []
+
+
 def build_command(*, job_id: str, target: dict[str, Any], params: dict[str, Any], settings: dict[str, Any],
                   tokenizer_dir: Path | None = None, dataset_file: Path | None = None) -> list[str]:
     paths = job_paths(settings, job_id)
@@ -95,6 +107,8 @@ def build_command(*, job_id: str, target: dict[str, Any], params: dict[str, Any]
     dataset = params["dataset"]
     if dataset == "prompt":
         args += [f"--prompt=@{paths.prompt_path}"]
+        if params.get("system"):
+            args += [f"{SYSTEM_FILE_FLAG}={paths.system_path}"]
     else:
         args += [f"--dataset={dataset}"]
     if dataset in ("random", "random_vl"):
@@ -118,5 +132,6 @@ def build_command(*, job_id: str, target: dict[str, Any], params: dict[str, Any]
              "--no-test-connection",
              f"--sleep-interval={int(settings['level_pause_s'])}",
              f"--outputs-dir={paths.output_dir}", "--no-timestamp", f"--name={job_id}",
+             *warmup_args(params.get("warmup", 0)),
              "--enable-progress-tracker", "--db-commit-interval=1"]
     return args

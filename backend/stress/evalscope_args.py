@@ -15,6 +15,9 @@ BEDROCK_API = "bedrock"  # the name our evalscope API plugin registers (backend/
 API_KEY_ENV = "PEP_TARGET_API_KEY"  # how a key reaches the entry module: never on the command line
 ENTRY_MARKER = "backend.stress.evalscope_entry: measurement fixes installed"
 TOKENIZER_MARKER = "backend.stress.evalscope_entry: token counts from the tokenizer"
+# Options of our entry module (removed from the command line before evalscope parses it):
+SYSTEM_FILE_FLAG = "--pep-system-file"  # =<path>: every request starts with this file's text as a system message
+WARMUP_PER_SLOT_FLAG = "--pep-warmup-per-slot"  # each level's --warmup-num is its concurrency
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 
 TokenSource = Literal["server", "tokenizer"]

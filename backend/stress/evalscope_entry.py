@@ -69,6 +69,19 @@ the ``evalscope`` console script) after these things happen in this process:
    once for a whole non-streamed body. Nothing else of the request or response path changes: the same
    bytes are read in the same pieces and parsed by evalscope's own code.
 
+7. **A system prompt, when the job has one** (``--pep-system-file=<path>``, removed from the command line
+   before evalscope parses it): evalscope's ``--prompt`` sends only a user message, so the
+   ``build_request`` of evalscope's OpenAI plugin and of our Bedrock plugin are wrapped to put the file's
+   text first as a system message (``{"role": "system", "content": ...}``; the Bedrock plugin turns it
+   into Converse's ``system`` field). An OpenAI-compatible request without chat messages (a completions
+   endpoint) cannot carry one, and the run stops with that reason rather than sending something else.
+
+8. **Warm-up requests as many as each level's concurrency** (``--pep-warmup-per-slot``): evalscope's
+   ``--warmup-num`` is one count for every level of a sweep, while its own advice (the warning it logs
+   when warm-up is short) is one warm-up request per concurrency slot. ``evalscope.perf.main.run_one_benchmark``
+   is wrapped to set ``warmup_num`` to the level's ``parallel`` before each level. Warm-up requests are
+   evalscope's own: never written to ``benchmark_data.db`` and left out of every summary.
+
 Where a run's token counts came from is written to evalscope's ``benchmark.log``: evalscope counts
 with a tokenizer only when a response carries no usage, and we wrap the tokenizer counting method of
 its OpenAI plugin to log ``TOKENIZER_MARKER`` the first time that happens. ``token_source`` reads it.
@@ -92,7 +105,7 @@ from typing import Any
 import aiohttp
 from aiohttp.streams import StreamReader
 from evalscope.cli.cli import run_cmd
-from evalscope.perf import main as _perf_main  # noqa: F401 - imported for its import-time objects
+from evalscope.perf import main as perf_main
 from evalscope.perf.core import http_client
 from evalscope.perf.plugin.api.default_api import DefaultApiPlugin
 from evalscope.perf.plugin.api.openai_api import OpenaiPlugin
@@ -102,7 +115,9 @@ from evalscope.utils.logger import get_logger
 from backend.stress.evalscope_args import (  # noqa: F401 - part of this module's interface
     API_KEY_ENV,
     ENTRY_MARKER,
+    SYSTEM_FILE_FLAG,
     TOKENIZER_MARKER,
+    WARMUP_PER_SLOT_FLAG,
     TokenSource,
     bedrock_args,
     token_source,
@@ -116,6 +131,19 @@ RECEIVED_ATTR = "_pep_received_at"
 
 _installed = False
 _perf_counter = time.perf_counter
+
+
+class EntryOptions:
+    """What our own command-line options asked for (see ``take_entry_options``)."""
+
+    __slots__ = ("system", "warmup_per_slot")
+
+    def __init__(self, system: str | None = None, warmup_per_slot: bool = False) -> None:
+        self.system = system
+        self.warmup_per_slot = warmup_per_slot
+
+
+_options = EntryOptions()
 
 
 class RequestTiming:
@@ -179,6 +207,11 @@ def install() -> None:
     StreamReader.feed_data = _stamped_feed_data(StreamReader.feed_data)  # type: ignore[method-assign]
     StreamReader._read_nowait = _recorded_read_nowait(StreamReader._read_nowait)  # type: ignore[method-assign]
     _wrap(OpenaiPlugin, "_count_output_tokens", _after_tokenizer_count)
+    from backend.stress.bedrock_plugin import BedrockPlugin
+
+    OpenaiPlugin.build_request = _with_system(OpenaiPlugin.build_request, chat_only=True)  # type: ignore[method-assign]
+    BedrockPlugin.build_request = _with_system(BedrockPlugin.build_request, chat_only=False)  # type: ignore[method-assign]
+    perf_main.run_one_benchmark = _with_warmup_per_slot(perf_main.run_one_benchmark)
 
 
 def _wrap(cls: type, name: str, after: Callable[[Any], None]) -> None:
@@ -311,6 +344,62 @@ def _announce_once(key: str, message: str) -> None:
     get_logger().info(message)
 
 
+class SystemPromptError(ValueError):
+    """A system prompt was asked for a request that cannot carry one."""
+
+
+def with_system(messages: Any, system: str, *, chat_only: bool) -> Any:
+    """``messages`` with ``system`` as a leading system message.
+
+    A list of chat messages gets it in front. A plain string (evalscope's ``--prompt`` when it does not
+    apply a chat template, as for ``bedrock://`` URLs) becomes a system and a user message, unless
+    ``chat_only``: an OpenAI-compatible plain string goes to a completions endpoint, which has no roles.
+    """
+    message = {"role": "system", "content": system}
+    if isinstance(messages, list) and all(isinstance(item, dict) for item in messages):
+        return [message, *messages]
+    if isinstance(messages, str) and not chat_only:
+        return [message, {"role": "user", "content": messages}]
+    raise SystemPromptError("a system prompt needs chat messages (a chat completions endpoint); "
+                            f"this request is a {type(messages).__name__}")
+
+
+def _with_system(original: Callable[..., Any], *, chat_only: bool) -> Callable[..., Any]:
+    def build_request(self: Any, messages: Any, param: Any = None) -> Any:
+        if _options.system is not None:
+            messages = with_system(messages, _options.system, chat_only=chat_only)
+        return original(self, messages, param)
+
+    build_request.__wrapped__ = original  # type: ignore[attr-defined]
+    build_request.__doc__ = original.__doc__
+    return build_request
+
+
+def _with_warmup_per_slot(original: Callable[..., Any]) -> Callable[..., Any]:
+    def run_one_benchmark(args: Any, output_path: str | None = None) -> Any:
+        if _options.warmup_per_slot:
+            parallel = args.parallel[0] if isinstance(args.parallel, list) else args.parallel
+            args.warmup_num = int(parallel)
+        return original(args, output_path=output_path)
+
+    run_one_benchmark.__wrapped__ = original  # type: ignore[attr-defined]
+    return run_one_benchmark
+
+
+def take_entry_options(argv: list[str]) -> tuple[list[str], EntryOptions]:
+    """``argv`` without our own options, and what they asked for (the system prompt's text read from its file)."""
+    rest: list[str] = []
+    options = EntryOptions()
+    for arg in argv:
+        if arg.startswith(SYSTEM_FILE_FLAG + "="):
+            options.system = Path(arg.split("=", 1)[1]).read_text(encoding="utf-8")
+        elif arg == WARMUP_PER_SLOT_FLAG:
+            options.warmup_per_slot = True
+        else:
+            rest.append(arg)
+    return rest, options
+
+
 def take_api_key(argv: list[str], environ: dict[str, str] | os._Environ[str] = os.environ) -> list[str]:
     """``argv`` with ``--api-key`` from ``PEP_TARGET_API_KEY`` appended; the variable leaves ``environ``."""
     api_key = environ.pop(API_KEY_ENV, None)
@@ -321,8 +410,10 @@ def take_api_key(argv: list[str], environ: dict[str, str] | os._Environ[str] = o
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``evalscope`` with ``argv`` (default ``sys.argv[1:]``); returns its exit status."""
+    global _options
     install()
-    args = take_api_key(list(sys.argv[1:] if argv is None else argv))
+    args, _options = take_entry_options(list(sys.argv[1:] if argv is None else argv))
+    args = take_api_key(args)
     sys.argv = ["evalscope", *args]
     freeze_gc()
     try:

@@ -18,6 +18,7 @@ Live updates, and why they take the shape they do:
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,6 +31,7 @@ from flask import (
     Response,
     abort,
     current_app,
+    flash,
     make_response,
     redirect,
     render_template,
@@ -45,7 +47,14 @@ from backend.inference import service as inference_service
 from backend.sse import PING, SSE_HEADERS, sse_event
 from backend.stress import datasets, service
 from backend.stress.models import JobStatus, StressJob
-from backend.stress.params import DEFAULT_PROMPT, FILE_DATASETS, PRESETS, StressParams, available_tokenizers
+from backend.stress.params import (
+    DEFAULT_PROMPT,
+    FILE_DATASETS,
+    PRESETS,
+    TOKENIZER_DATASETS,
+    StressParams,
+    available_tokenizers,
+)
 from backend.validation import parse_body
 from backend.web import is_htmx_fragment_request, render
 
@@ -71,12 +80,12 @@ DATASETS = [
 FORM_SLOTS = {
     "model": "target", "manual_config": "manual_url", "manual_config.base_url": "manual_url",
     "manual_config.api_url": "manual_url", "manual_config.model_name": "manual_model",
-    "manual_config.api_key": "manual_key",
+    "manual_config.api_key": "manual_key", "warmup_count": "warmup",
 }
 FORM_FIELDS = {
-    "target", "manual_url", "manual_model", "manual_key", "label", "concurrency", "requests", "input_tokens",
-    "output_tokens", "dataset", "prompt", "dataset_file", "tokenizer", "image_width", "image_height",
-    "image_count", "temperature", "connect_timeout_s", "read_timeout_s", "total_timeout_s",
+    "target", "manual_url", "manual_model", "manual_key", "label", "concurrency", "requests", "warmup",
+    "input_tokens", "output_tokens", "dataset", "prompt", "system", "dataset_file", "tokenizer", "image_width",
+    "image_height", "image_count", "temperature", "connect_timeout_s", "read_timeout_s", "total_timeout_s",
 }
 MANUAL = "__manual__"
 
@@ -90,11 +99,17 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 def decorate(job: dict[str, Any]) -> dict[str, Any]:
-    """A job dict with what the templates show: its duration so far and the per-level request counts."""
+    """A job dict with what the templates show: its duration so far, and the input tokens its requests
+    really had (the levels' mean, weighted by their successful requests) when its levels report them."""
     started, finished = _parse_time(job.get("started_at")), _parse_time(job.get("finished_at"))
     end = finished or (datetime.now(UTC) if started and not job["is_finished"] else None)
     job["duration_s"] = (end - started).total_seconds() if started and end else None
     job["created"] = (job.get("created_at") or "")[:19].replace("T", " ")
+    measured = [(level["avg_input_tokens"], level["succeeded"]) for level in job.get("levels") or []
+                if level.get("avg_input_tokens") is not None and level.get("succeeded")]
+    job["measured_input_tokens"] = (sum(tokens * n for tokens, n in measured) / sum(n for _, n in measured)
+                                    if measured else None)
+    job["input_length_used"] = (job.get("params") or {}).get("dataset") in TOKENIZER_DATASETS
     return job
 
 
@@ -176,30 +191,59 @@ def live_cells(app: Flask, ids: list[str], *, poll_s: float, heartbeat_s: float)
 
 # --- the form ------------------------------------------------------------------------------------
 
+# The form's labels, so that every message names a field as the operator sees it ("Temperature: ...").
+FORM_LABELS = {
+    "target": "Model", "manual_url": "Base URL or chat completions URL", "manual_model": "Model name",
+    "manual_key": "API key", "label": "Label", "concurrency": "Concurrency levels",
+    "requests": "Requests per level", "warmup": "Warm-up requests", "input_tokens": "Input tokens",
+    "output_tokens": "Output tokens", "temperature": "Temperature", "dataset": "Dataset", "prompt": "Prompt",
+    "system": "System prompt", "dataset_file": "Uploaded file", "tokenizer": "Tokenizer",
+    "image_width": "Image width", "image_height": "Image height", "image_count": "Images per request",
+    "connect_timeout_s": "Connect timeout", "read_timeout_s": "Read timeout",
+    "total_timeout_s": "Timeout per request", "stream": "Stream the answers",
+    "exact_output_tokens": "Force exactly the output tokens",
+}
+WARMUP_MODES = ("concurrency", "none", "fixed")
+_DATASET_NAMES = {key: name for key, name, _ in DATASETS}
+_QUOTED_DATASET = re.compile(r"\bdataset '(\w+)'")
+_NOT_DATASET = re.compile(r"\bnot '(\w+)'")
 
-def _numbers(raw: str, name: str) -> list[int] | int:
+
+class FormProblems(ApiError):
+    """What the form's own reading of the fields found (before the API's validation), every field at once."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        field, message = problems[0]
+        super().__init__(f"{field}: {message}", field=field,
+                         details={"errors": [{"field": f, "message": m} for f, m in problems]})
+
+
+def _numbers(raw: str) -> list[int]:
     parts = [part for part in raw.replace(";", ",").replace(" ", ",").split(",") if part]
     if not parts:
-        raise ApiError(f"{name}: required", field=name)
+        raise ValueError("required")
     try:
-        numbers = [int(part) for part in parts]
+        return [int(part) for part in parts]
     except ValueError:
-        raise ApiError(f"{name}: whole numbers separated by commas, for example 1, 4, 8", field=name) from None
-    return numbers
+        raise ValueError("whole numbers separated by commas, for example 1, 4, 8") from None
 
 
-def _form_number(raw: str, name: str, kind: type[int] | type[float]) -> int | float:
-    """A form field as the number the API takes (the API itself refuses "10" for 10)."""
+def _form_number(raw: str, kind: type[int] | type[float]) -> int | float:
+    """A form field as the number the API takes (the API itself refuses "10" for 10). An empty field is
+    refused rather than left to the API's default, which need not be what the form showed."""
+    what = "a whole number" if kind is int else "a number"
+    if not raw:
+        raise ValueError(f"enter {what}")
     try:
         return kind(raw)
     except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ApiError(f"{name}: must be {what}", field=name) from None
+        raise ValueError(f"must be {what}") from None
 
 
 def form_body(form: Mapping[str, str]) -> dict[str, Any]:
     """The API's request body from the form's fields (the same validation runs on it afterwards)."""
     body: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
     target = form.get("target", "").strip()
     if target == MANUAL:
         url = form.get("manual_url", "").strip()
@@ -211,62 +255,97 @@ def form_body(form: Mapping[str, str]) -> dict[str, Any]:
     elif target:
         body["model"] = target
     else:
-        raise ApiError("target: choose a model or a manual endpoint", field="target")
+        problems.append(("target", "choose a model or a manual endpoint"))
     if form.get("label", "").strip():
         body["label"] = form["label"].strip()
-    body["concurrency"] = _numbers(form.get("concurrency", ""), "concurrency")
-    requests_per_level = _numbers(form.get("requests", ""), "requests")
-    body["requests"] = requests_per_level[0] if len(requests_per_level) == 1 else requests_per_level
+    for name in ("concurrency", "requests"):
+        try:
+            numbers = _numbers(form.get(name, ""))
+        except ValueError as exc:
+            problems.append((name, str(exc)))
+            continue
+        body[name] = numbers[0] if name == "requests" and len(numbers) == 1 else numbers
+    warmup = form.get("warmup", "concurrency")
+    if warmup == "fixed":
+        try:
+            body["warmup"] = _form_number(form.get("warmup_count", "").strip(), int)
+        except ValueError as exc:
+            problems.append(("warmup", str(exc)))
+    elif warmup in WARMUP_MODES:
+        body["warmup"] = "concurrency" if warmup == "concurrency" else 0
+    else:
+        problems.append(("warmup", "choose one of the choices"))
     dataset = form.get("dataset", "prompt")
     body["dataset"] = dataset
     if dataset == "prompt":
         body["prompt"] = form.get("prompt", "")
+        if form.get("system", "").strip():
+            body["system"] = form["system"]
     if dataset in FILE_DATASETS:
         body["dataset_file"] = form.get("dataset_file") or None
-    if dataset in ("random", "random_vl") and form.get("tokenizer"):
+    if dataset in TOKENIZER_DATASETS and form.get("tokenizer"):
         body["tokenizer"] = form["tokenizer"]
-    names = ["input_tokens", "output_tokens", "temperature", "connect_timeout_s", "read_timeout_s", "total_timeout_s"]
+    names = ["output_tokens", "temperature", "connect_timeout_s", "read_timeout_s", "total_timeout_s"]
+    if dataset in TOKENIZER_DATASETS:
+        names.insert(0, "input_tokens")
     if dataset == "random_vl":
         names += ["image_width", "image_height", "image_count"]
     for name in names:
-        value = form.get(name, "").strip()
-        if value:
-            body[name] = _form_number(value, name, float if name == "temperature" else int)
+        try:
+            body[name] = _form_number(form.get(name, "").strip(), float if name == "temperature" else int)
+        except ValueError as exc:
+            problems.append((name, str(exc)))
     body["stream"] = form.get("stream") == "on"
     body["exact_output_tokens"] = form.get("exact_output_tokens") == "on"
+    if problems:
+        raise FormProblems(problems)
     return body
 
 
+def _plain(message: str) -> str:
+    """A message with the API's names of datasets replaced by the form's."""
+    message = _QUOTED_DATASET.sub(lambda m: f"the “{_DATASET_NAMES.get(m[1], m[1])}” dataset", message)
+    message = _NOT_DATASET.sub(lambda m: f"not “{_DATASET_NAMES[m[1]]}”" if m[1] in _DATASET_NAMES else m[0],
+                               message)
+    return message.replace("needs base_url or api_url", "enter one")
+
+
 def form_errors(exc: ApiError) -> dict[str, list[str]]:
-    """Messages per form field; what names no field of the form goes under ``""`` (shown at the top)."""
+    """Messages per form field, each a sentence that starts with the field's label; what names no field
+    of the form goes under ``""`` (shown at the top)."""
     reported = exc.details.get("errors") or [{"field": exc.details.get("field", ""), "message": exc.message}]
     errors: dict[str, list[str]] = {}
     for item in reported:
         field = item.get("field") or ""
-        slot = FORM_SLOTS.get(field, field.split("[")[0])
-        message = item["message"]
-        prefix = f"{field}: "
-        if slot in FORM_FIELDS:
-            message = message.removeprefix(prefix)
-        else:
-            slot = ""
-        errors.setdefault(slot, []).append(message)
+        base = field.split("[")[0]
+        slot = FORM_SLOTS.get(field) or FORM_SLOTS.get(base) or base
+        message = _plain(item["message"].removeprefix(f"{field}: "))
+        label = FORM_LABELS.get(slot)
+        if label:
+            index = re.search(r"\[(\d+)\]", field)
+            where = f" (level {int(index[1]) + 1})" if index and base in ("concurrency", "requests") else ""
+            message = f"{label}{where}: {message}"
+        errors.setdefault(slot if slot in FORM_FIELDS else "", []).append(message)
     return errors
 
 
-def form_values(source: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """What the form shows: the standard defaults, then ``source`` (the query or a refused submission)."""
+def _default_values() -> dict[str, Any]:
     defaults = next(p for p in PRESETS if p["key"] == "quick")["params"]
-    values: dict[str, Any] = {
+    return {
         "target": "", "manual_url": "", "manual_model": "", "label": "",
         "concurrency": ", ".join(map(str, defaults["concurrency"])),
-        "requests": ", ".join(map(str, defaults["requests"])),
+        "requests": ", ".join(map(str, defaults["requests"])), "warmup": "concurrency", "warmup_count": "",
         "input_tokens": defaults["input_tokens"], "output_tokens": defaults["output_tokens"],
-        "dataset": "prompt", "prompt": DEFAULT_PROMPT, "dataset_file": "", "tokenizer": "",
+        "dataset": "prompt", "prompt": DEFAULT_PROMPT, "system": "", "dataset_file": "", "tokenizer": "",
         "image_width": 224, "image_height": 224, "image_count": 1, "stream": True, "exact_output_tokens": False,
         "temperature": defaults["temperature"], "connect_timeout_s": 10, "read_timeout_s": 120,
         "total_timeout_s": 600, "preset": "quick",
     }
+
+
+def form_values(source: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What the form shows: the standard defaults, then ``source`` (a refused submission)."""
+    values = _default_values()
     if source is not None:
         for name in values:
             if name in ("stream", "exact_output_tokens"):
@@ -280,36 +359,49 @@ def form_values(source: Mapping[str, str] | None = None) -> dict[str, Any]:
     return values
 
 
-def _form_context(values: dict[str, Any], errors: dict[str, list[str]], notes: Iterable[str] = ()) -> dict[str, Any]:
+def _form_context(values: dict[str, Any], errors: dict[str, list[str]], notes: Iterable[str] = (),
+                  prefilled: Mapping[str, str] | None = None) -> dict[str, Any]:
     catalog = get_catalog()
     models = catalog.describe(catalog.all_specs())
     settings = _settings()
     return {
         "title": "New stress test", "values": values, "errors": errors, "notes": list(notes), "models": models,
+        "prefilled": dict(prefilled or {}), "labels": FORM_LABELS,
         "presets": PRESETS, "datasets": DATASETS, "uploads": datasets.list_datasets(),
         "tokenizers": list(available_tokenizers(settings)), "manual": MANUAL,
         "timings": service.latest_timings([model["key"] for model in models]),
+        "overhead": service.startup_overhead(float(settings["level_pause_s"])),
         "limits": {key: int(settings[key]) for key in ("max_parallel", "max_levels", "max_requests", "max_tokens",
                                                        "level_pause_s", "max_dataset_bytes")},
         "worker_alive": service.worker_alive(settings),
     }
 
 
-@bp.get("/stress-tests/new")
-def new():  # type: ignore[no-untyped-def]
-    """The form; ``?model=<key>&prompt=<text>`` (or ``&run=<playground run id>``) prefill it."""
-    args = request.args
-    values = form_values()
-    notes = []
-    known = get_catalog().known_keys()
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _from_link(args: Mapping[str, str]) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """The form prefilled from a link: the playground's "Stress-test this prompt" sends ``from=playground``,
+    ``model`` (or ``manual_url`` and ``manual_model``), ``prompt``, and when set ``system``, ``max_tokens``
+    and ``temperature``; ``run=<playground run id>`` stands for its prompt."""
+    values = _default_values()
+    source = "the playground" if args.get("from") == "playground" or args.get("run") else "the link"
+    came: list[str] = []
+    notes: list[str] = []
+    prefilled: dict[str, str] = {}
     if args.get("model"):
-        if args["model"] in known:
+        if args["model"] in get_catalog().known_keys():
             values["target"] = args["model"]
+            came.append(f"the model ({args['model']})")
+            prefilled["target"] = f"from {source}"
         else:
             notes.append(f"“{args['model']}” is not in the catalogue: choose a target.")
     elif args.get("manual_url") or args.get("manual_model"):
         values.update(target=MANUAL, manual_url=args.get("manual_url", ""), manual_model=args.get("manual_model", ""))
-        notes.append("Manual endpoint prefilled from the playground: enter its API key again if it needs one.")
+        came.append("the manual endpoint's URL and model name (not its API key: type it again if it needs one)")
+        prefilled.update(manual_url=f"from {source}", manual_model=f"from {source}",
+                         manual_key="not copied: type it again if the endpoint needs one")
     prompt = args.get("prompt")
     if prompt is None and args.get("run"):
         run = inference_service.get_run(args["run"])
@@ -319,9 +411,87 @@ def new():  # type: ignore[no-untyped-def]
             prompt = run.prompt
     if prompt is not None and prompt.strip():
         values.update(dataset="prompt", prompt=prompt[:MAX_QUERY_PROMPT], preset="")
-        notes.append("Prompt prefilled from the playground. Images and the system prompt are not part of "
-                     "a stress test.")
-    return render_template("stress/new.html", **_form_context(values, {}, notes))
+        came.append("the prompt")
+        prefilled["prompt"] = f"from {source}"
+    system = args.get("system")
+    if system is not None and system.strip():
+        values.update(dataset="prompt", system=system[:MAX_QUERY_PROMPT], preset="")
+        came.append("the system prompt")
+        prefilled["system"] = f"from {source}"
+    for name, field, kind in (("max_tokens", "output_tokens", int), ("temperature", "temperature", float)):
+        raw = (args.get(name) or "").strip()
+        if not raw:
+            continue
+        try:
+            number = kind(raw)
+            if not math.isfinite(number):
+                raise ValueError(raw)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            notes.append(f"{name} “{raw}” from {source} is not {what}: {FORM_LABELS[field]} keeps "
+                         f"{values[field]}.")
+            continue
+        values.update({field: number, "preset": ""})
+        came.append(f"{name.replace('_', ' ')} {number:g} as {FORM_LABELS[field]}")
+        prefilled[field] = f"{name.replace('_', ' ')} from {source}"
+    if came:
+        notes.insert(0, f"From {source}: {_join(came)}. Everything else is the Quick check preset's.")
+    return values, notes, prefilled
+
+
+def _from_job(job_id: str) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """The form with every setting of a stored job ("Run again…"); a manual endpoint's key is never kept."""
+    values = _default_values()
+    row = db.session.get(StressJob, job_id) if job_id.isalnum() else None
+    if row is None:
+        return values, [f"There is no stress test {job_id} to copy: the form shows the defaults."], {}
+    params, target = dict(row.params or {}), dict(row.target or {})
+    notes = [f"Every setting copied from stress test {row.id} ({target.get('name') or row.model_key}, "
+             f"{row.status})."]
+    prefilled: dict[str, str] = {}
+    if target.get("kind") == "manual":
+        values.update(target=MANUAL, manual_url=target.get("api_url") or target.get("base_url") or "",
+                      manual_model=target.get("model_id") or "")
+        notes.append("Its manual endpoint is copied without its API key, which is never kept: type the key "
+                     "again if the endpoint needs one.")
+        prefilled["manual_key"] = f"not copied from job {row.id}: type it again if the endpoint needs one"
+    elif row.model_key in get_catalog().known_keys():
+        values["target"] = row.model_key
+    else:
+        notes.append(f"Its model “{row.model_key}” is no longer in the catalogue: choose a target.")
+    counts = list(params.get("requests") or [])
+    warmup = params.get("warmup", 0)
+    values.update(
+        label=target.get("label") or "", preset="",
+        concurrency=", ".join(map(str, params.get("concurrency") or [])),
+        requests=str(counts[0]) if counts and len(set(counts)) == 1 else ", ".join(map(str, counts)),
+        warmup="concurrency" if warmup == "concurrency" else ("fixed" if warmup else "none"),
+        warmup_count=str(warmup) if warmup and warmup != "concurrency" else "",
+        dataset=params.get("dataset", "prompt"), prompt=params.get("prompt") or "", system=params.get("system") or "",
+        dataset_file=params.get("dataset_file") or "",
+        tokenizer="" if params.get("tokenizer") in (None, "default") else params["tokenizer"],
+        stream=bool(params.get("stream", True)), exact_output_tokens=bool(params.get("exact_output_tokens")),
+    )
+    for name in ("input_tokens", "output_tokens", "temperature", "connect_timeout_s", "read_timeout_s",
+                 "total_timeout_s", "image_width", "image_height", "image_count"):
+        if params.get(name) is not None:
+            values[name] = params[name]
+    if params.get("dataset_file") and datasets.get_dataset(params["dataset_file"]) is None:
+        notes.append(f"Its uploaded file {params['dataset_file']} is no longer there: upload it again.")
+    if params.get("tokenizer") and params["tokenizer"] not in available_tokenizers(_settings()):
+        notes.append(f"Its tokenizer “{params['tokenizer']}” is no longer configured: choose another.")
+    return values, notes, prefilled
+
+
+@bp.get("/stress-tests/new")
+def new():  # type: ignore[no-untyped-def]
+    """The form; ``?from_job=<id>`` copies a job's settings, and a link from the playground prefills the
+    model, the prompt and its generation settings (``_from_link``)."""
+    if request.args.get("from_job"):
+        values, notes, prefilled = _from_job(request.args["from_job"])
+    else:
+        values, notes, prefilled = _from_link(request.args)
+    return render_template("stress/new.html", **_form_context(values, {}, notes, prefilled))
 
 
 @bp.post("/stress-tests/new")
@@ -356,8 +526,11 @@ def _job_or_404(job_id: str) -> StressJob:
 def _job_context(row: StressJob) -> dict[str, Any]:
     settings = _settings()
     job = decorate(service.job_dict(row, settings))
+    pause_s = float(settings["level_pause_s"])
     return {"job": job, "title": f"Stress test {job['id']}", "worker_alive": service.worker_alive(settings),
-            "catalog_name": getattr(get_catalog().get(row.model_key), "name", None)}
+            "catalog_name": getattr(get_catalog().get(row.model_key), "name", None),
+            "estimate": service.job_estimate(row, pause_s), "level_pause_s": pause_s,
+            "dataset_names": _DATASET_NAMES}
 
 
 @bp.get("/stress-tests/<job_id>")
@@ -401,7 +574,10 @@ def cancel(job_id: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/stress-tests/<job_id>/delete")
 def delete(job_id: str):  # type: ignore[no-untyped-def]
-    _job_or_404(job_id)
+    row = _job_or_404(job_id)
+    levels = len(row.levels)
+    what = (f"Deleted stress test {row.id} ({(row.target or {}).get('name') or row.model_key}, {row.status}): "
+            f"{levels} level{'s' if levels != 1 else ''} of results, its log and its output files.")
     try:
         service.delete_job(job_id, _settings())
     except ApiError as exc:
@@ -409,6 +585,7 @@ def delete(job_id: str):  # type: ignore[no-untyped-def]
             return render_template("errors/_fragment.html", message=exc.message), 409, \
                 {"HX-Retarget": "#flash", "HX-Reswap": "innerHTML"}
         abort(409, description=exc.message)
+    flash(what, "info")
     target = url_for(".jobs")
     if is_htmx_fragment_request():
         response = make_response("", 200)

@@ -38,6 +38,7 @@ class StressParams(BaseModel):
     exact_output_tokens: bool = False  # also send min_tokens (vLLM, SGLang, the simulator)
     dataset: Dataset = "prompt"
     prompt: str | None = Field(default=None, max_length=200_000)
+    system: str | None = Field(default=None, max_length=200_000)  # a leading system message (fixed prompt only)
     dataset_file: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$")
     tokenizer: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,100}$")
     image_width: int = Field(default=224, ge=16, le=4096)
@@ -48,6 +49,9 @@ class StressParams(BaseModel):
     connect_timeout_s: int = Field(default=10, ge=1, le=300)
     read_timeout_s: int = Field(default=120, ge=1, le=3600)
     total_timeout_s: int = Field(default=600, ge=1, le=21600)  # per request, and evalscope's overall bound
+    # Warm-up requests at the start of every level, excluded from every result (evalscope's --warmup-num):
+    # a whole number, or "concurrency" for as many as the level's concurrency, which evalscope advises.
+    warmup: int | Literal["concurrency"] = 0
 
     @field_validator("requests", mode="before")
     @classmethod
@@ -64,8 +68,15 @@ class StressParams(BaseModel):
     def _positive_levels(cls, value: list[int]) -> list[int]:
         for index, level in enumerate(value):
             if level < 1:
-                raise ValueError(f"level {index} must be at least 1")
+                raise ValueError(f"level {index + 1} must be at least 1")
         return value
+
+    @field_validator("warmup", mode="before")
+    @classmethod
+    def _warmup(cls, value: object) -> object:
+        if value == "concurrency" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value
+        raise ValueError('must be a whole number of at least 0, or "concurrency" (as many as each level\'s)')
 
     @model_validator(mode="after")
     def _consistent(self) -> StressParams:
@@ -141,11 +152,16 @@ def check_limits(params: StressParams, settings: dict[str, Any]) -> dict[str, An
         if getattr(params, name) > max_tokens:
             raise ApiError(f"{name}: at most {max_tokens}", field=name)
 
+    if isinstance(params.warmup, int) and params.warmup > max_requests:
+        raise ApiError(f"warmup: at most {max_requests} (stress.max_requests)", field="warmup")
+
     if params.dataset == "prompt":
         if params.prompt is None or not params.prompt.strip():
             raise ApiError("prompt: required with dataset 'prompt'", field="prompt")
     elif params.prompt is not None:
         raise ApiError(f"prompt: only used with dataset 'prompt', not {params.dataset!r}", field="prompt")
+    if params.system is not None and params.dataset != "prompt":
+        raise ApiError(f"system: only used with dataset 'prompt', not {params.dataset!r}", field="system")
     if params.dataset in FILE_DATASETS:
         if params.dataset_file is None:
             raise ApiError(f"dataset_file: required with dataset {params.dataset!r} (upload one first)",
@@ -175,6 +191,8 @@ def check_limits(params: StressParams, settings: dict[str, Any]) -> dict[str, An
 
     stored = params.model_dump(exclude={"manual_config", "model", "label"})
     stored.update(requests=counts, tokenizer=tokenizer)
+    if params.system is None or not params.system.strip():
+        stored.pop("system")
     if params.dataset != "random_vl":
         for name in ("image_width", "image_height", "image_count"):
             stored.pop(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -45,8 +46,11 @@ def _target(body: StressParams, catalog: Catalog, params: dict[str, Any]) -> dic
     if body.manual_config is not None:
         manual = body.manual_config
         url = manual.api_url or manual.base_url.rstrip("/") + "/chat/completions"  # type: ignore[union-attr]
+        if params.get("system") and not url.rstrip("/").endswith("/chat/completions"):
+            raise ApiError("system: a system prompt needs a chat completions endpoint (…/chat/completions)",
+                           field="system")
         return {"kind": "manual", "key": f"manual:{manual.model_name}", "provider": "openai",
-                "model_id": manual.model_name, "name": body.label or manual.model_name,
+                "model_id": manual.model_name, "name": body.label or manual.model_name, "label": body.label,
                 "api_url": manual.api_url, "base_url": manual.base_url, "chat_url": url,
                 "api_key_given": manual.api_key is not None}
     assert body.model is not None
@@ -64,7 +68,7 @@ def _target(body: StressParams, catalog: Catalog, params: dict[str, Any]) -> dic
     if params["output_tokens"] > spec.max_tokens:
         raise ApiError(f"output_tokens: {spec.key} answers at most {spec.max_tokens} tokens", field="output_tokens")
     data: dict[str, Any] = {"kind": "catalog", "key": spec.key, "provider": target.provider,
-                            "model_id": target.model_id, "name": body.label or spec.name,
+                            "model_id": target.model_id, "name": body.label or spec.name, "label": body.label,
                             "catalog_provider": spec.provider, "api_key_env": spec.api_key_env}
     if target.provider == "bedrock":
         data["region"] = target.region
@@ -237,7 +241,8 @@ def _progress_payload(job: StressJob) -> dict[str, Any]:
     progress = dict(job.progress or {})
     return {"percent": progress.get("percent", 0.0), "level": progress.get("level", 0),
             "levels": progress.get("levels"), "concurrency": progress.get("concurrency"),
-            "processed": progress.get("processed", 0), "total": progress.get("total"), "status": job.status}
+            "processed": progress.get("processed", 0), "total": progress.get("total"),
+            "phase": progress.get("phase"), "warmup": progress.get("warmup"), "status": job.status}
 
 
 def follow(app: Flask, job_id: str, *, poll_s: float, heartbeat_s: float) -> Iterator[bytes]:
@@ -306,27 +311,91 @@ def job_samples(job_id: str, limit: int) -> list[dict[str, Any]]:
     return [sample.as_dict() for sample in db.session.scalars(query)]
 
 
-def latest_timings(model_keys: list[str]) -> dict[str, dict[str, Any]]:
+def warmup_requests(warmup: int | str | None, concurrency: int) -> int:
+    """Warm-up requests a level sends before its measured ones (``"concurrency"``: one per slot)."""
+    return concurrency if warmup == "concurrency" else int(warmup or 0)
+
+
+def _level_timing(level: StressLevel) -> dict[str, Any] | None:
+    data = level.as_dict()
+    latency = data["latency_s"].get("avg")
+    if latency is None:
+        return None
+    return {"concurrency": level.concurrency, "latency_s": latency, "ttft_ms": data["ttft_ms"].get("avg"),
+            "tpot_ms": data["tpot_ms"].get("avg")}
+
+
+def _completed_jobs(model_keys: list[str] | None, before: Any = None, limit: int = 200) -> list[StressJob]:
+    query = select(StressJob).where(StressJob.status == JobStatus.COMPLETED.value)
+    if model_keys is not None:
+        query = query.where(StressJob.model_key.in_(model_keys))
+    if before is not None:
+        query = query.where(StressJob.finished_at < before)
+    return list(db.session.scalars(query.order_by(StressJob.created_at.desc()).limit(limit)))
+
+
+def latest_timings(model_keys: list[str], before: Any = None) -> dict[str, dict[str, Any]]:
     """Per model, the lowest-concurrency level of its latest completed job: what one request cost then.
 
     The form's duration estimate starts from this; with no finished job of a model there is none.
+    ``before`` keeps only jobs that had finished by then (what the form knew when a job was created).
     """
     found: dict[str, dict[str, Any]] = {}
     if not model_keys:
         return found
-    jobs = db.session.scalars(
-        select(StressJob).where(StressJob.status == JobStatus.COMPLETED.value, StressJob.model_key.in_(model_keys))
-        .order_by(StressJob.created_at.desc()).limit(200)).all()
-    for job in jobs:
+    for job in _completed_jobs(model_keys, before):
         if job.model_key in found or not job.levels:
             continue
-        level = min(job.levels, key=lambda row: row.concurrency)
-        data = level.as_dict()
-        latency, ttft, tpot = data["latency_s"].get("avg"), data["ttft_ms"].get("avg"), data["tpot_ms"].get("avg")
-        if latency is None:
+        timing = _level_timing(min(job.levels, key=lambda row: row.concurrency))
+        if timing is None:
             continue
-        found[job.model_key] = {"job": job.id, "concurrency": level.concurrency, "latency_s": latency,
-                                "ttft_ms": ttft, "tpot_ms": tpot,
-                                "output_tokens": (job.params or {}).get("output_tokens")}
+        found[job.model_key] = {"job": job.id, **timing, "output_tokens": (job.params or {}).get("output_tokens")}
     return found
 
+
+def startup_overhead(pause_s: float, before: Any = None) -> dict[str, Any] | None:
+    """How long the latest completed job (any model) spent outside its levels' measured requests: evalscope
+    loading, warm-up, the report at the end, the worker's polling. Its duration less each level's test
+    duration, the pauses between levels and, per level, the warm-up "waves" at that level's mean latency."""
+    for job in _completed_jobs(None, before, limit=20):
+        levels = job.levels
+        if not levels or job.started_at is None or job.finished_at is None \
+                or any(level.duration_s is None for level in levels):
+            continue
+        seconds = (job.finished_at - job.started_at).total_seconds()
+        seconds -= sum(level.duration_s or 0.0 for level in levels) + pause_s * (len(levels) - 1)
+        warmup = (job.params or {}).get("warmup", 0)
+        for level in levels:
+            latency = (level.metrics or {}).get("latency_s", {}).get("avg") or 0.0
+            seconds -= math.ceil(warmup_requests(warmup, level.concurrency) / level.concurrency) * latency
+        return {"job": job.id, "seconds": round(max(seconds, 0.0), 1)}
+    return None
+
+
+def per_request_s(timing: dict[str, Any], output_tokens: int) -> float:
+    """One request's latency at low load, rescaled to ``output_tokens`` through TTFT and TPOT when known."""
+    if timing.get("tpot_ms") is not None and timing.get("ttft_ms") is not None and output_tokens > 0:
+        return (timing["ttft_ms"] + timing["tpot_ms"] * max(output_tokens - 1, 0)) / 1000.0
+    return float(timing["latency_s"])
+
+
+def estimate_seconds(params: dict[str, Any], timing: dict[str, Any], overhead_s: float, pause_s: float) -> float:
+    """A lower bound on a job's duration (static/js/stress_form.js computes the same as the form changes):
+    the start-up overhead, the pauses between levels, and per level the number of request "waves"
+    (measured and warm-up requests over the concurrency) times one request's latency at low load."""
+    levels, counts = params["concurrency"], params["requests"]
+    one = per_request_s(timing, int(params["output_tokens"]))
+    seconds = overhead_s + pause_s * max(len(levels) - 1, 0)
+    for level, count in zip(levels, counts, strict=True):
+        seconds += math.ceil((count + warmup_requests(params.get("warmup", 0), level)) / level) * one
+    return seconds
+
+
+def job_estimate(job: StressJob, pause_s: float) -> dict[str, Any] | None:
+    """The estimate the form showed for this job when it was created (from the jobs finished by then)."""
+    timing = latest_timings([job.model_key], before=job.created_at).get(job.model_key)
+    if timing is None:
+        return None
+    overhead = startup_overhead(pause_s, before=job.created_at)
+    seconds = estimate_seconds(dict(job.params), timing, overhead["seconds"] if overhead else 0.0, pause_s)
+    return {"seconds": seconds, "timing": timing, "overhead": overhead}

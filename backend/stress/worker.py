@@ -84,6 +84,7 @@ class Running:
     levels: list[int]
     counts: list[int]
     process: subprocess.Popen[bytes] | None = None  # None when re-attached after a worker restart
+    warmup: int | str = 0  # the job's warm-up setting: a count per level, or "concurrency"
     started: float = field(default_factory=time.monotonic)
     wall_started: float = field(default_factory=time.time)
     ingested: set[int] = field(default_factory=set)
@@ -291,12 +292,16 @@ class Worker:
         paths.logs_root.mkdir(parents=True, exist_ok=True)
         if params["dataset"] == "prompt":
             paths.prompt_path.write_text(params["prompt"], encoding="utf-8")
+            if params.get("system"):
+                paths.system_path.write_text(params["system"], encoding="utf-8")
         env = {key: value for key, value in os.environ.items() if key != secrets.ENV_VAR}
         env.update(PYTHONUNBUFFERED="1", EVALSCOPE_HEARTBEAT_INTERVAL=str(int(self.settings["log_progress_s"])))
         if api_key:
             env[secrets.ENV_VAR] = api_key
         with paths.log_path.open("ab") as log_file:
             log_file.write(("$ " + shlex.join(command[1:]) + "\n").encode())
+            checked = "the connection test passed; " if target.get("provider") == "openai" else ""
+            log_file.write(f"# {checked}starting evalscope (loading it takes a few seconds)\n".encode())
             log_file.flush()
             try:
                 process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
@@ -304,7 +309,7 @@ class Worker:
             except OSError as exc:
                 return self._fail(job, f"cannot start evalscope: {exc}")
         running = Running(job_id=job.id, pid=process.pid, paths=paths, levels=list(params["concurrency"]),
-                          counts=list(params["requests"]), process=process)
+                          counts=list(params["requests"]), process=process, warmup=params.get("warmup", 0))
         self.running[job.id] = running
         db.session.execute(db.update(StressJob).where(StressJob.id == job.id)
                            .values(pid=process.pid, pgid=process.pid)
@@ -380,7 +385,7 @@ class Worker:
         data = {"percent": round(100.0 * processed / total, 2) if total else 0.0,
                 "level": (index + 1) if index is not None else 0, "levels": len(running.levels),
                 "concurrency": running.levels[index] if index is not None else None,
-                "processed": processed, "total": total}
+                "processed": processed, "total": total, **self._phase(running, index, stats)}
         if data != job.progress:
             job.progress = data
         if index is None or stats is None or stats.done == running.last_done.get(index, -1):
@@ -395,6 +400,22 @@ class Worker:
         running.last_rowid[index] = stats.last_rowid
         running.last_done[index] = stats.done
         running.last_sample_at = now
+
+    @staticmethod
+    def _phase(running: Running, index: int | None, stats: Any) -> dict[str, Any]:
+        """What evalscope is doing, for the page: ``starting`` (loading, before its first level),
+        ``warmup`` (the level's warm-up requests, which are never counted, with how many),
+        ``first`` (no request of the level has ended yet), ``running``, ``pause`` (between levels)
+        and ``finishing`` (after the last level, writing its reports)."""
+        if index is None:
+            return {"phase": "starting"}
+        level, count = running.levels[index], running.counts[index]
+        if (running.paths.level_dir(level, count) / "benchmark_summary.json").exists():
+            return {"phase": "pause" if index < len(running.levels) - 1 else "finishing"}
+        if stats is not None and stats.done > 0:
+            return {"phase": "running"}
+        warmup = level if running.warmup == "concurrency" else int(running.warmup or 0)
+        return {"phase": "warmup", "warmup": warmup} if warmup else {"phase": "first"}
 
     def _ingest_levels(self, running: Running, *, final: bool) -> None:
         """Result rows for levels whose summary and percentile files are both written, each level once.
@@ -518,7 +539,8 @@ class Worker:
             params = dict(job.params)
             paths = job_paths(self.settings, job.id)
             running = Running(job_id=job.id, pid=job.pid or 0, paths=paths, levels=list(params["concurrency"]),
-                              counts=list(params["requests"]), ingested=stored_positions(job.id))
+                              counts=list(params["requests"]), ingested=stored_positions(job.id),
+                              warmup=params.get("warmup", 0))
             if job.started_at is not None:
                 started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=utcnow().tzinfo)
                 running.wall_started = started.timestamp()

@@ -1,7 +1,10 @@
-/* The new-stress-test form: presets, the fields each dataset needs, dataset upload, and a live estimate.
+/* The new-stress-test form: presets, the fields each dataset needs, dataset upload, checks and a live estimate.
  *
  * The form itself is posted by htmx (hx-post); a refused submission answers with messages that htmx
- * places next to their fields, so nothing typed is lost. Nothing here stores anything in the browser:
+ * places next to their fields, so nothing typed is lost. Before that, this script refuses what the
+ * server would refuse and it can tell (a number field holding text, a value out of its bounds), with
+ * the same kind of message next to the field ("Output tokens: enter a whole number"), and the estimate
+ * shows no figures while the form holds such a value. Nothing here stores anything in the browser:
  * the API key field is a password input that only goes out with the POST.
  */
 (() => {
@@ -11,28 +14,157 @@
   if (!form) return;
   const $ = (selector) => form.querySelector(selector);
   const data = JSON.parse(document.getElementById("sf-data").textContent);
+  const labels = data.labels || {};
   const els = {
     target: $("#sf-target"), targetNote: $("#sf-target-note"), manual: $("#sf-manual"),
     concurrency: $("#sf-concurrency"), requests: $("#sf-requests"), inputTokens: $("#sf-input-tokens"),
     outputTokens: $("#sf-output-tokens"), temperature: $("#sf-temperature"), stream: $("#sf-stream"),
+    warmup: $("#sf-warmup"), warmupCount: $("#sf-warmup-count"), warmupNote: $("#sf-warmup-note"),
     dataset: $("#sf-dataset"), datasetNote: $("#sf-dataset-note"), prompt: $("#sf-prompt"),
     datasetFile: $("#sf-dataset-file"), uploadFile: $("#sf-upload-file"), upload: $("#sf-upload"),
     uploadStatus: $("#sf-upload-status"), uploadError: $("#error-upload"), presetNote: $("#sf-preset-note"),
     estRequests: $("#sf-estimate-requests"), estLevels: $("#sf-estimate-levels"),
-    estDuration: $("#sf-estimate-duration"), summary: $("#sf-summary"),
+    estDuration: $("#sf-estimate-duration"), summary: $("#sf-summary"), formErrors: document.getElementById("form-errors"),
   };
-  const levelPauseS = Number(form.dataset.levelPauseS || 0);
-  const maxDatasetBytes = Number(form.dataset.maxDatasetBytes || 0);
+  const limit = (name) => Number(form.dataset[name] || 0);
+  const levelPauseS = limit("levelPauseS");
+  const maxDatasetBytes = limit("maxDatasetBytes");
   const FILE_DATASETS = new Set(["line_by_line", "openqa", "custom"]);
+  const fmt = (n) => n.toLocaleString("en");
 
-  // --- numbers -----------------------------------------------------------------------------------
+  // --- checks ------------------------------------------------------------------------------------
+
+  const slotName = (input) => (input.name === "warmup_count" ? "warmup" : input.name);
+  const labelOf = (input) => labels[slotName(input)] || input.name;
+
+  /* What the server would say of a number field, or null. An <input type=number> holding text has the
+   * empty string as its value, so validity.badInput is the only way to tell "abc" from an empty field. */
+  function numberProblem(input) {
+    if (input.disabled || input.type !== "number") return null;
+    const whole = input.name !== "temperature";
+    const what = whole ? "a whole number" : "a number";
+    const label = labelOf(input);
+    if (input.validity.badInput || input.value.trim() === "") return `${label}: enter ${what}`;
+    const value = Number(input.value);
+    if (!Number.isFinite(value)) return `${label}: must be a finite number`;
+    if (whole && !Number.isInteger(value)) return `${label}: must be a whole number`;
+    if (input.min !== "" && value < Number(input.min)) return `${label}: must be at least ${input.min}`;
+    if (input.max !== "" && value > Number(input.max)) return `${label}: must be at most ${input.max}`;
+    if (input === els.outputTokens) {
+      const option = els.target.selectedOptions[0];
+      const modelMax = option && option.value !== "__manual__" ? Number(option.dataset.maxTokens || 0) : 0;
+      if (modelMax && value > modelMax) return `${label}: ${option.value} answers at most ${modelMax} tokens`;
+    }
+    return null;
+  }
 
   function parseList(text) {
     const parts = text.split(/[\s,;]+/).filter(Boolean);
-    if (!parts.length) return null;
+    if (!parts.length) return { problem: "required" };
     const numbers = parts.map(Number);
-    return numbers.every((n) => Number.isInteger(n) && n > 0) ? numbers : null;
+    if (!numbers.every((n) => Number.isInteger(n))) return { problem: "whole numbers separated by commas, for example 1, 4, 8" };
+    return { numbers };
   }
+
+  /* The load: levels and per-level counts, or the first problem with them (as the server words it). */
+  function readLoad() {
+    const concurrency = parseList(els.concurrency.value);
+    const label = labels.concurrency;
+    if (concurrency.problem) return { field: els.concurrency, problem: `${label}: ${concurrency.problem}` };
+    const levels = concurrency.numbers;
+    const low = levels.findIndex((n) => n < 1);
+    if (low >= 0) return { field: els.concurrency, problem: `${label}: level ${low + 1} must be at least 1` };
+    if (levels.length > limit("maxLevels")) return { field: els.concurrency, problem: `${label}: at most ${limit("maxLevels")} levels` };
+    const high = levels.findIndex((n) => n > limit("maxParallel"));
+    if (high >= 0) return { field: els.concurrency, problem: `${label} (level ${high + 1}): at most ${limit("maxParallel")} (stress.max_parallel)` };
+    if (new Set(levels).size !== levels.length) return { field: els.concurrency, problem: `${label}: a level is repeated` };
+    const requests = parseList(els.requests.value);
+    const rLabel = labels.requests;
+    if (requests.problem) return { field: els.requests, problem: `${rLabel}: ${requests.problem}` };
+    let counts = requests.numbers;
+    if (counts.length === 1) counts = levels.map(() => counts[0]);
+    if (counts.length !== levels.length) {
+      return { field: els.requests, problem: `${rLabel}: give one number, or one per concurrency level (${levels.length})` };
+    }
+    const few = counts.findIndex((n) => n < 1);
+    if (few >= 0) return { field: els.requests, problem: `${rLabel}${requests.numbers.length > 1 ? ` (level ${few + 1})` : ""}: must be at least 1` };
+    const many = counts.findIndex((n) => n > limit("maxRequests"));
+    if (many >= 0) return { field: els.requests, problem: `${rLabel}${requests.numbers.length > 1 ? ` (level ${many + 1})` : ""}: at most ${limit("maxRequests")} (stress.max_requests)` };
+    return { levels, counts };
+  }
+
+  function warmupFor(level) {
+    if (els.warmup.value === "concurrency") return level;
+    if (els.warmup.value === "fixed") return Number(els.warmupCount.value);
+    return 0;
+  }
+
+  function numberInputs() {
+    return Array.from(form.querySelectorAll("input[type=number]")).filter((input) => !input.disabled);
+  }
+
+  /* Every problem the page can see, field by field: [[input, message], ...]. */
+  function problems() {
+    const found = [];
+    if (!els.target.value) found.push([els.target, `${labels.target}: choose a model or a manual endpoint`]);
+    const load = readLoad();
+    if (load.problem) found.push([load.field, load.problem]);
+    for (const input of numberInputs()) {
+      const problem = numberProblem(input);
+      if (problem) found.push([input, problem]);
+    }
+    return found;
+  }
+
+  function slotFor(input) {
+    return document.getElementById(`error-${slotName(input)}`);
+  }
+
+  /* A message of ours in a field's slot (the server's answers replace the slots out of band). */
+  function showProblem(input, message) {
+    const slot = slotFor(input);
+    if (!slot) return;
+    if (message) {
+      slot.textContent = message;
+      slot.dataset.client = "1";
+      input.setAttribute("aria-invalid", "true");
+    } else if (slot.dataset.client) {
+      slot.textContent = "";
+      delete slot.dataset.client;
+      input.removeAttribute("aria-invalid");
+    }
+  }
+
+  function checkField(input) {
+    if (input.type === "number") showProblem(input, numberProblem(input));
+    if (input === els.concurrency || input === els.requests) {
+      const load = readLoad();
+      for (const field of [els.concurrency, els.requests]) showProblem(field, load.field === field ? load.problem : null);
+    }
+    if (input === els.target && els.target.value) showProblem(els.target, null);
+  }
+
+  function refuse(event) {
+    const found = problems();
+    if (!found.length) return false;
+    event.preventDefault();
+    const seen = new Set();
+    for (const [input, message] of found) {
+      if (seen.has(slotName(input))) continue;
+      seen.add(slotName(input));
+      showProblem(input, message);
+    }
+    const box = document.createElement("div");
+    box.className = "flash flash-error";
+    box.setAttribute("role", "alert");
+    box.textContent = "The form has problems: see the fields marked below.";
+    els.formErrors.replaceChildren(box);
+    openDetailsWithErrors();
+    found[0][0].focus();
+    return true;
+  }
+
+  // --- the estimate ------------------------------------------------------------------------------
 
   function formatDuration(seconds) {
     if (seconds < 60) return `${Math.max(1, Math.round(seconds))} s`;
@@ -40,10 +172,12 @@
     return `${Math.floor(seconds / 3600)} h ${String(Math.round((seconds % 3600) / 60)).padStart(2, "0")} min`;
   }
 
-  /* A lower bound on the duration from the latest completed job of the same model: the mean latency of a
-   * request at its lowest concurrency (rescaled to this output length through TPOT when known), times the
-   * number of request "waves" per level, plus evalscope's pause between levels. Latency only grows with
-   * load, so the real run takes at least about this long; with no earlier job there is no estimate. */
+  /* A lower bound on the duration, as backend/stress/service.py estimate_seconds computes it for the job
+   * page: one request's latency at the lowest concurrency of the latest completed job of the same model
+   * (rescaled to this output length through TTFT and TPOT when known), times the request "waves" of each
+   * level (its measured and warm-up requests over its concurrency), plus evalscope's pause between levels
+   * and the start-up overhead measured on the latest completed job. Latency only grows with load, so the
+   * real run takes at least about this long; with no earlier job of this model there is no estimate. */
   function estimateDuration(levels, counts) {
     const timing = data.timings[els.target.value];
     if (!timing) return null;
@@ -52,41 +186,61 @@
     if (timing.tpot_ms != null && timing.ttft_ms != null && output > 0) {
       perRequest = (timing.ttft_ms + timing.tpot_ms * Math.max(output - 1, 0)) / 1000;
     }
-    let seconds = levelPauseS * Math.max(levels.length - 1, 0);
-    levels.forEach((level, i) => { seconds += Math.ceil(counts[i] / level) * perRequest; });
-    return { seconds, timing };
+    const pauses = levelPauseS * Math.max(levels.length - 1, 0);
+    const startup = data.overhead ? data.overhead.seconds : 0;
+    let requests = 0;
+    levels.forEach((level, i) => { requests += Math.ceil((counts[i] + warmupFor(level)) / level) * perRequest; });
+    return { seconds: startup + pauses + requests, requests, pauses, startup, perRequest, timing };
+  }
+
+  function noFigures(message) {
+    els.estRequests.textContent = "–";
+    els.estLevels.textContent = message;
+    els.estDuration.textContent = "";
+    els.summary.textContent = "";
+  }
+
+  function updateWarmupNote(load) {
+    const mode = els.warmup.value;
+    els.warmupCount.hidden = mode !== "fixed";
+    els.warmupCount.disabled = mode !== "fixed";
+    if (mode === "none") {
+      els.warmupNote.textContent = "No warm-up: the first requests meet an idle server, and above concurrency 1 they all start "
+        + "at once; EvalScope warns that their TTFT can dominate the percentiles.";
+    } else if (mode === "concurrency") {
+      els.warmupNote.textContent = load.levels
+        ? `${load.levels.map((level) => `${level} at concurrency ${level}`).join(" · ")}, before the measured requests.`
+        : "One per concurrency slot, before the measured requests.";
+    } else {
+      els.warmupNote.textContent = "";
+    }
   }
 
   function updateEstimate() {
-    const levels = parseList(els.concurrency.value);
-    let counts = parseList(els.requests.value);
-    els.estDuration.textContent = "";
-    if (!levels || !counts) {
-      els.estRequests.textContent = "–";
-      els.estLevels.textContent = !levels ? "Concurrency: whole numbers above 0, separated by commas."
-        : "Requests: whole numbers above 0, separated by commas.";
-      els.summary.textContent = "";
+    const load = readLoad();
+    updateWarmupNote(load);
+    const found = problems().filter(([input]) => input !== els.target);
+    if (found.length) {
+      noFigures(`No estimate while the form holds a value that would be refused: ${found[0][1]}.`);
       return;
     }
-    if (counts.length === 1) counts = levels.map(() => counts[0]);
-    if (counts.length !== levels.length) {
-      els.estRequests.textContent = "–";
-      els.estLevels.textContent = `Give one request count, or one per level (${levels.length}).`;
-      els.summary.textContent = "";
-      return;
-    }
+    const { levels, counts } = load;
     const total = counts.reduce((a, b) => a + b, 0);
-    els.estRequests.textContent = total.toLocaleString("en");
-    els.estLevels.textContent = levels.map((level, i) => `${counts[i]} at concurrency ${level}`).join(" · ");
+    const warm = levels.reduce((sum, level) => sum + warmupFor(level), 0);
+    els.estRequests.textContent = fmt(total);
+    els.estLevels.textContent = levels.map((level, i) => `${counts[i]} at concurrency ${level}`).join(" · ")
+      + (warm ? ` · plus ${fmt(warm)} warm-up request${warm === 1 ? "" : "s"}, not counted` : "");
     const estimate = estimateDuration(levels, counts);
     if (estimate) {
-      els.estDuration.textContent = `At least ≈ ${formatDuration(estimate.seconds)}, from job ${estimate.timing.job} `
-        + `(${estimate.timing.latency_s.toFixed(2)} s a request at concurrency ${estimate.timing.concurrency}); `
-        + "latency grows under load, so expect longer.";
+      const parts = [`${formatDuration(estimate.requests)} of requests (${estimate.perRequest.toFixed(2)} s each at low load, from job ${estimate.timing.job})`];
+      if (estimate.pauses) parts.push(`${formatDuration(estimate.pauses)} of pauses between levels`);
+      if (data.overhead) parts.push(`${formatDuration(estimate.startup)} of start-up and reports (measured on job ${data.overhead.job})`);
+      els.estDuration.textContent = `At least ≈ ${formatDuration(estimate.seconds)}: ${parts.join(", ")}. `
+        + "Latency grows under load, so expect longer.";
     } else if (els.target.value) {
       els.estDuration.textContent = "No duration estimate: this target has no completed stress test yet.";
     }
-    els.summary.textContent = `${total.toLocaleString("en")} requests over ${levels.length} level${levels.length === 1 ? "" : "s"}`;
+    els.summary.textContent = `${fmt(total)} requests over ${levels.length} level${levels.length === 1 ? "" : "s"}`;
   }
 
   // --- target and dataset ------------------------------------------------------------------------
@@ -106,10 +260,12 @@
 
   function updateDataset() {
     const dataset = els.dataset.value;
+    const random = dataset === "random" || dataset === "random_vl";
     const shown = {
       prompt: dataset === "prompt",
       file: FILE_DATASETS.has(dataset),
-      tokenizer: dataset === "random" || dataset === "random_vl",
+      tokenizer: random,
+      input_length: random,
       random_vl: dataset === "random_vl",
     };
     for (const box of form.querySelectorAll("[data-for]")) {
@@ -143,6 +299,7 @@
     for (const button of form.querySelectorAll(".sf-preset")) button.classList.toggle("active", button.dataset.preset === key);
     els.presetNote.textContent = preset.description;
     updateDataset();
+    for (const input of [els.concurrency, els.requests, els.inputTokens, els.outputTokens, els.temperature]) checkField(input);
     updateEstimate();
   }
 
@@ -189,6 +346,12 @@
     }
   }
 
+  function openDetailsWithErrors() {
+    for (const details of form.querySelectorAll("details")) {
+      if (details.querySelector(".field-error:not(:empty)")) details.open = true;
+    }
+  }
+
   // --- wiring ------------------------------------------------------------------------------------
 
   form.addEventListener("click", (event) => {
@@ -196,15 +359,29 @@
     if (button) applyPreset(button.dataset.preset);
   });
   form.addEventListener("input", (event) => {
-    if ([els.concurrency, els.requests, els.outputTokens].includes(event.target)) {
+    if ([els.concurrency, els.requests, els.inputTokens, els.outputTokens, els.temperature].includes(event.target)) {
       for (const button of form.querySelectorAll(".sf-preset")) button.classList.remove("active");
       els.presetNote.textContent = "";
+    }
+    if (event.target.matches("input[type=number], #sf-concurrency, #sf-requests")) {
+      checkField(event.target);
       updateEstimate();
     }
   });
-  els.target.addEventListener("change", () => { updateTarget(); updateEstimate(); });
-  els.dataset.addEventListener("change", updateDataset);
+  // "abc" typed into a number field fires no input event with a new value in every browser: check on leaving it.
+  form.addEventListener("focusout", (event) => {
+    if (event.target.matches("input[type=number], #sf-concurrency, #sf-requests")) {
+      checkField(event.target);
+      updateEstimate();
+    }
+  });
+  els.target.addEventListener("change", () => { updateTarget(); checkField(els.target); checkField(els.outputTokens); updateEstimate(); });
+  els.dataset.addEventListener("change", () => { updateDataset(); updateEstimate(); });
+  els.warmup.addEventListener("change", () => { updateEstimate(); checkField(els.warmupCount); });
   els.upload.addEventListener("click", upload);
+  // Refuse before sending what the server would refuse (capture: before htmx's own submit handler).
+  form.addEventListener("submit", (event) => { if (refuse(event)) event.stopImmediatePropagation(); }, true);
+  form.addEventListener("htmx:beforeRequest", (event) => { refuse(event); });
 
   // After a refused submission, mark the fields whose message slot is not empty.
   document.body.addEventListener("htmx:afterSettle", () => {
@@ -215,6 +392,7 @@
       if (slot.textContent.trim()) field.setAttribute("aria-invalid", "true");
       else field.removeAttribute("aria-invalid");
     }
+    openDetailsWithErrors();
     const first = form.querySelector(".field-error:not(:empty)");
     if (first) first.scrollIntoView({ block: "nearest" });
   });

@@ -5,6 +5,12 @@
  * redraws the same points, never doubles them. On a status change or a finished level, the summary and
  * the per-level table are fetched again as one HTML fragment (htmx.ajax, out-of-band for the table).
  * Every text from the server reaches the page through textContent or the server's escaped HTML.
+ *
+ * What the page says while a job runs: the phase the worker reports (evalscope starting, a level's
+ * warm-up, its first requests, the pause between levels, the final reports), the duration counted here
+ * every second from the server's figure (no client clock involved), and per level how many requests
+ * succeeded and failed, in words and colour. When the job ends, the log is read once more and stops
+ * refreshing.
  */
 (() => {
   "use strict";
@@ -22,6 +28,8 @@
   const concurrency = (job.params.concurrency || []).slice();
   const samples = new Map(); // id -> sample
   const levels = new Map(); // concurrency -> level result
+  const liveCounts = new Map(); // concurrency -> latest sample's {ok, errors} while the level runs
+  const pauseS = Number(root.dataset.levelPauseS || 0);
   let progress = job.progress || {};
   let status = job.status;
   let shownStatus = job.status; // what the server-rendered summary says
@@ -48,14 +56,68 @@
     els.bar.parentElement.setAttribute("aria-valuenow", percent.toFixed(0));
     els.bar.parentElement.className = `progress big status-${status}`;
     els.counts.textContent = `${fmt(processed)} / ${fmt(total)} requests · ${percent.toFixed(0)} %`;
-    if (progress.level) {
-      els.level.textContent = `Level ${progress.level} of ${progress.levels || concurrency.length} · concurrency ${progress.concurrency ?? concurrency[progress.level - 1]}`;
-    } else if (status === "queued") {
-      els.level.textContent = "Waiting for a worker";
-    } else {
-      els.level.textContent = `${concurrency.length} level${concurrency.length === 1 ? "" : "s"}`;
-    }
+    renderPhase();
     renderSteps(processed);
+  }
+
+  /* What evalscope is doing now, from the phase the worker records with the progress. */
+  function phaseText() {
+    const count = progress.levels || concurrency.length;
+    if (status === "queued") return "Waiting for a worker";
+    if (isFinished(status)) return `${concurrency.length} level${concurrency.length === 1 ? "" : "s"}`;
+    const level = progress.level || 0;
+    const head = level ? `Level ${level} of ${count} · concurrency ${progress.concurrency ?? concurrency[level - 1]}` : "";
+    const cancelling = status === "cancelling" ? " · cancelling" : "";
+    switch (level ? progress.phase : "starting") {
+      case "warmup": {
+        const n = progress.warmup || 0;
+        return `${head} · warm-up: ${fmt(n)} request${n === 1 ? "" : "s"}, not counted${cancelling}`;
+      }
+      case "first":
+        return `${head} · waiting for its first request to end${cancelling}`;
+      case "pause":
+        return `Level ${level} of ${count} done · pause of ${pauseS} s before level ${level + 1}${cancelling}`;
+      case "finishing":
+        return `Level ${level} of ${count} done · EvalScope is writing its reports${cancelling}`;
+      case "starting": {
+        const elapsed = durationSoFar();
+        return `Starting EvalScope${elapsed != null ? ` (${formatDuration(elapsed)})` : ""}: connection test, loading, `
+          + `then the first level${cancelling}`;
+      }
+      default:
+        return head + cancelling;
+    }
+  }
+
+  function renderPhase() {
+    const text = phaseText();
+    if (els.level.textContent !== text) els.level.textContent = text;
+    els.progress.dataset.phase = isFinished(status) ? "" : (progress.level ? progress.phase || "" : (status === "queued" ? "queued" : "starting"));
+  }
+
+  // --- duration, counted here --------------------------------------------------------------------
+
+  function formatDuration(seconds) { // as the server's duration macro (templates/stress/_macros.html)
+    if (seconds < 60) return `${seconds.toFixed(1)} s`;
+    if (seconds < 3600) return `${Math.floor(seconds / 60)} min ${String(Math.floor(seconds % 60)).padStart(2, "0")} s`;
+    return `${Math.floor(seconds / 3600)} h ${String(Math.floor((seconds % 3600) / 60)).padStart(2, "0")} min`;
+  }
+
+  const seenAt = new WeakMap(); // the summary's duration element -> when this page received it
+
+  /* Seconds since the job started: the server's figure when it rendered the summary, plus the time since. */
+  function durationSoFar() {
+    const el = document.getElementById("job-duration");
+    if (!el || !el.dataset.ticking) return null;
+    if (!seenAt.has(el)) seenAt.set(el, performance.now());
+    return Number(el.dataset.elapsedS) + (performance.now() - seenAt.get(el)) / 1000;
+  }
+
+  function tick() {
+    const el = document.getElementById("job-duration");
+    const seconds = durationSoFar();
+    if (seconds != null && !isFinished(status)) el.textContent = formatDuration(seconds);
+    renderPhase();
   }
 
   function renderSteps(processed) {
@@ -65,23 +127,46 @@
       const count = counts[index] || 0;
       const doneHere = Math.max(0, Math.min(count, processed - before));
       before += count;
-      const finished = levels.has(level) || (index < current) || (job.is_finished && doneHere >= count);
+      const result = levels.get(level);
+      const finished = Boolean(result) || (index < current) || (job.is_finished && doneHere >= count);
       const state = finished ? "done" : index === current && !isFinished(status) ? "running" : "pending";
+      // Succeeded and failed: the level's results once stored, the latest live sample before that.
+      const live = liveCounts.get(level);
+      const ok = result ? result.succeeded : live ? live.ok : null;
+      const failed = result ? result.failed : live ? live.errors : null;
+      const outcome = ok == null ? "unknown" : !failed ? "ok" : ok ? "mixed" : "bad";
       const li = document.createElement("li");
-      li.className = `level-step ${state}`;
+      li.className = `level-step ${state} outcome-${outcome}`;
       li.dataset.concurrency = String(level);
+      li.dataset.outcome = outcome;
       const head = document.createElement("div");
       head.className = "level-step-head";
       const name = document.createElement("strong");
       name.textContent = `× ${level}`;
       const text = document.createElement("span");
-      text.className = "small muted";
-      text.textContent = `${fmt(finished ? Math.max(doneHere, levels.get(level)?.requests || 0) : doneHere)} / ${fmt(count)}`;
+      text.className = "small level-step-counts";
+      if (ok == null) {
+        text.textContent = `${fmt(finished ? Math.max(doneHere, result?.requests || 0) : doneHere)} / ${fmt(count)}`;
+      } else {
+        const okText = document.createElement("span");
+        okText.className = ok ? "ok-text" : "muted";
+        okText.textContent = `${fmt(ok)} ok`;
+        text.append(okText);
+        if (failed) {
+          const failedText = document.createElement("span");
+          failedText.className = "bad-text";
+          failedText.textContent = ` · ${fmt(failed)} failed`;
+          text.append(failedText);
+        }
+        text.append(document.createTextNode(` of ${fmt(count)}`));
+      }
+      text.title = ok == null ? "requests done" : `${ok} succeeded, ${failed} failed, of ${count}`;
       head.append(name, text);
       const bar = document.createElement("div");
       bar.className = "progress";
       const fill = document.createElement("span");
-      fill.style.width = `${count ? (100 * (finished ? 1 : doneHere / count)).toFixed(1) : 0}%`;
+      const done = ok == null ? doneHere : ok + failed;
+      fill.style.width = `${count ? (100 * (finished ? 1 : Math.min(done / count, 1))).toFixed(1) : 0}%`;
       bar.append(fill);
       li.append(head, bar);
       return li;
@@ -201,6 +286,17 @@
     });
   }
 
+  /* The log once more when the job has ended: the finished log neither polls nor says it refreshes. */
+  function refreshLog() {
+    if (!window.htmx || !document.getElementById("job-log")) return;
+    window.htmx.ajax("GET", root.dataset.logUrl, { target: "#job-log", swap: "outerHTML" });
+  }
+
+  function noteLiveCounts(sample) {
+    const known = liveCounts.get(sample.level);
+    if (!known || known.id < sample.id) liveCounts.set(sample.level, { id: sample.id, ok: sample.ok, errors: sample.errors });
+  }
+
   // --- the event stream --------------------------------------------------------------------------
 
   function parse(event) {
@@ -231,6 +327,8 @@
       const data = parse(event);
       if (!data || samples.has(data.id)) return;
       samples.set(data.id, data);
+      noteLiveCounts(data);
+      renderSteps(progress.processed || 0);
       scheduleDraw();
     });
     source.addEventListener("level", (event) => {
@@ -261,6 +359,7 @@
       renderProgress();
       drawAll();
       refreshState();
+      refreshLog();
     });
     source.addEventListener("error", () => {
       // EventSource reconnects on its own (the stream replays from the start; duplicates are dropped).
@@ -274,11 +373,20 @@
 
   // --- start -------------------------------------------------------------------------------------
 
-  for (const sample of initial.samples || []) samples.set(sample.id, sample);
+  for (const sample of initial.samples || []) {
+    samples.set(sample.id, sample);
+    noteLiveCounts(sample);
+  }
   for (const level of job.levels || []) addLevel(level);
   renderProgress();
   drawAll();
-  if (!job.is_finished) connect();
+  if (!job.is_finished) {
+    connect();
+    const ticker = setInterval(() => {
+      tick();
+      if (isFinished(status)) clearInterval(ticker);
+    }, 1000);
+  }
   window.addEventListener("pagehide", () => { if (source) source.close(); });
   /* The log tail shows its end, unless the reader scrolled up in it. */
   let logPinned = true;
