@@ -6,7 +6,7 @@ from flask import Blueprint, render_template, request
 
 from backend.catalog.api import CAPABILITIES, PROVIDERS
 from backend.catalog.checks import check_model
-from backend.catalog.service import get_catalog
+from backend.catalog.service import get_catalog, unavailable_groups
 from backend.web import render
 
 bp = Blueprint("catalog_pages", __name__)
@@ -31,9 +31,11 @@ def models():  # type: ignore[no-untyped-def]
         if (not provider or spec.provider == provider)
         and (not capability or capability in spec.capabilities.as_list())
     ]
+    described = catalog.describe(specs)
     response = render(
         "catalog/models.html", "catalog/_table.html",
-        models=catalog.describe(specs), provider=provider, capability=capability, problems=problems,
+        models=described, unavailable_groups=unavailable_groups(described), provider=provider, capability=capability,
+        problems=problems,
         providers=PROVIDERS, capabilities=CAPABILITIES, emd_error=catalog.emd.get().error,
     )
     if problems:

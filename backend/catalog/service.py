@@ -3,6 +3,9 @@
 Availability is checked the cheap way for each provider and cached briefly: Bedrock needs credentials
 (the Converse call itself is the only real check), OpenAI-compatible endpoints must answer
 ``GET /models``, EMD deployments must exist and be ready in CloudFormation.
+
+Available means only that: the endpoint answers. A simulator profile built to fail or to hang answers
+too, so its summary says what it does (``behavior``) rather than letting "available" pass for healthy.
 """
 
 from __future__ import annotations
@@ -23,6 +26,20 @@ from backend.catalog.registry import ModelSpec, load_models
 from backend.config import resolve_path
 from backend.providers.base import ProviderError, Target
 
+NO_AWS_CREDENTIALS = "no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
+
+# What the simulator's built-in profiles that fail by design do: (short label, what happens to a request),
+# by profile name. backend.simulator is not imported for this (it would bring aiohttp into every web
+# worker); tests/test_catalog_behavior.py holds this table to the simulator's own profiles.
+SIMULATOR_BEHAVIORS: dict[str, tuple[str, str]] = {
+    "sim-error": ("always fails", "every request gets an HTTP 500 error (a profile for seeing how failures look)"),
+    "sim-midstream-error": ("fails mid-answer",
+                            "the answer breaks off after a few tokens (a profile for seeing a failure mid-stream)"),
+    "sim-hang": ("never answers",
+                 "no token ever arrives and a request waits until the client gives up (for trying timeouts and Stop)"),
+}
+PROVIDER_LABELS = {"bedrock": "Bedrock", "emd": "EMD", "openai": "OpenAI-compatible", "simulator": "simulator"}
+
 
 @dataclass(frozen=True, slots=True)
 class Availability:
@@ -35,6 +52,38 @@ class Availability:
         if self.detail:
             data["deployment"] = self.detail
         return data
+
+
+def simulator_behavior(spec: ModelSpec) -> tuple[str, str] | None:
+    """(label, detail) for a simulator profile that fails or hangs by design; None for an ordinary one."""
+    return SIMULATOR_BEHAVIORS.get(spec.model_id or "") if spec.provider == "simulator" else None
+
+
+def unavailable_groups(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The unavailable models of ``models`` (``describe`` summaries), one group per reason, each with one
+    sentence for all of them: the reason is said once, not on every row."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for model in models:
+        if not model["available"]:
+            groups.setdefault(model["reason"] or "reason unknown", []).append(model)
+    simulator_works = any(m["available"] and m["provider"] == "simulator" and not m.get("behavior") for m in models)
+    return [{"reason": reason, "message": _group_message(reason, members, simulator_works), "models": members}
+            for reason, members in groups.items()]
+
+
+def _group_message(reason: str, members: list[dict[str, Any]], simulator_works: bool) -> str:
+    providers = list(dict.fromkeys(PROVIDER_LABELS.get(m["provider"], m["provider"]) for m in members))
+    if reason == NO_AWS_CREDENTIALS:
+        message = (f"No AWS credentials: {_and(providers)} models are unavailable "
+                   "(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile)")
+        return message + ("; the sim-* models work without a cloud account." if simulator_works else ".")
+    if len(members) == 1:
+        return f"{members[0]['name']} is unavailable: {reason}."
+    return f"{len(members)} {_and(providers)} models are unavailable: {reason}."
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 class _TtlCache:
@@ -128,7 +177,7 @@ class Catalog:
             return []
         with ThreadPoolExecutor(max_workers=min(8, len(specs))) as pool:
             results = list(pool.map(self.availability, specs))
-        return [{**spec.summary(), **self._effective_fields(spec), **avail.as_dict()}
+        return [{**spec.summary(), **self._effective_fields(spec), **avail.as_dict(), **_behavior_fields(spec)}
                 for spec, avail in zip(specs, results, strict=True)]
 
     def _effective_fields(self, spec: ModelSpec) -> dict[str, Any]:
@@ -144,7 +193,7 @@ class Catalog:
         except Exception as exc:  # a broken profile file is a reason too
             return Availability(False, f"AWS credentials unreadable: {exc}")
         if credentials is None:
-            return Availability(False, "no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)")
+            return Availability(False, NO_AWS_CREDENTIALS)
         return Availability(True)
 
     def _emd_availability(self, spec: ModelSpec) -> Availability:
@@ -164,7 +213,9 @@ class Catalog:
                 ("probe", spec.base_url, spec.api_key_env), lambda: self._probe(spec.base_url, spec)
             )
         if discovery.error:
-            return Availability(False, discovery.error)
+            # EMD and Bedrock read the same credential chain: with none, both say so in the same words.
+            credentials = self._probes.get_or_compute(("bedrock-credentials",), self._bedrock_credentials)
+            return credentials if not credentials.available else Availability(False, discovery.error)
         return Availability(False, f"not deployed (no CloudFormation stack for {spec.emd_model})")
 
     def _probe(self, base_url: str, spec: ModelSpec) -> Availability:
@@ -211,6 +262,11 @@ class Catalog:
                           base_url=_openai_base(base_url or ""), api_key=api_key)
         return Target(key=spec.key, provider="openai", model_id=spec.model_id or "",
                       base_url=self._base_url(spec), api_key=api_key)
+
+
+def _behavior_fields(spec: ModelSpec) -> dict[str, Any]:
+    behavior = simulator_behavior(spec)
+    return {"behavior": behavior[0], "behavior_detail": behavior[1]} if behavior else {"behavior": None}
 
 
 def _openai_base(url: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, render_template, request
 
-from backend.catalog.service import get_catalog
+from backend.catalog.service import get_catalog, unavailable_groups
 from backend.errors import ApiError
 from backend.inference import service
 from backend.validation import MAX_OFFSET, int_arg
@@ -21,8 +21,11 @@ def playground():  # type: ignore[no-untyped-def]
     limits = {"max_image_bytes": int(settings["max_image_bytes"]), "max_video_bytes": int(settings["max_video_bytes"]),
               "max_images": int(settings["max_images"]), "max_tokens": int(settings["max_tokens_limit"]),
               "default_max_tokens": int(settings["default_max_tokens"])}
-    return render_template("inference/playground.html", title="Playground",
-                           models=catalog.describe(catalog.all_specs()), limits=limits)
+    models = catalog.describe(catalog.all_specs())
+    # Ordinary models first, then the simulator profiles that fail or hang on purpose (sorted() is stable).
+    available = sorted((m for m in models if m["available"]), key=lambda m: m["behavior"] is not None)
+    return render_template("inference/playground.html", title="Playground", available_models=available,
+                           unavailable_groups=unavailable_groups(models), limits=limits)
 
 
 @bp.get("/history")

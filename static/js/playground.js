@@ -8,6 +8,11 @@
  *
  * Model text reaches the page only through textContent or window.renderMarkdown (static/js/markdown.js,
  * marked with raw HTML escaped, then DOMPurify).
+ *
+ * The settings of the last visit (models, system prompt, max tokens, temperature, manual endpoint; never
+ * the prompt, the media or an API key) come back from localStorage, and the page says which did: a
+ * forgotten manual endpoint would otherwise run with every prompt. "Clear" empties the manual endpoint,
+ * "Reset form" everything.
  */
 (() => {
   "use strict";
@@ -27,7 +32,11 @@
     template: $("#pg-column-template"), modelCount: $("#pg-model-count"), images: $("#pg-images"),
     video: $("#pg-video"), drop: $("#pg-drop"), previews: $("#pg-previews"), mediaError: $("#pg-media-error"),
     manual: $("#pg-manual"), manualUrl: $("#pg-manual-url"), manualModel: $("#pg-manual-model"),
-    manualKey: $("#pg-manual-key"),
+    manualKey: $("#pg-manual-key"), manualState: $("#pg-manual-state"), manualClear: $("#pg-manual-clear"),
+    reset: $("#pg-reset"), restored: $("#pg-restored"), restoredList: $("#pg-restored-list"),
+    summary: $("#pg-summary"), summaryBody: $("#pg-summary tbody"),
+    modelList: $("#pg-model-list"), search: $("#pg-model-search"), availableOnly: $("#pg-available-only"), noMatch: $("#pg-model-nomatch"),
+    selectedList: $("#pg-selected-list"), selectedNone: $("#pg-selected-none"),
   };
   const urls = {
     run: form.dataset.runUrl, storedRun: form.dataset.storedRunUrl, history: form.dataset.historyUrl,
@@ -39,11 +48,13 @@
     images: Number(form.dataset.maxImages),
   };
   const modelItems = Array.from(form.querySelectorAll(".pg-model"));
+  const modelGroups = Array.from(form.querySelectorAll(".pg-model-group, .pg-reason-group"));
   const checkboxes = Array.from(form.querySelectorAll('input[name="models"]'));
   const catalogKeys = new Set(checkboxes.map((box) => box.value));
 
   const media = { images: [], video: null, reading: 0 }; // items: {name, size, type, dataUrl, previewUrl}
   let active = null; // the run in progress: {controller, columns, started, stopped, ...}
+  let restored = []; // what the last visit left in the form: [{field, text}], shown in #pg-restored
 
   // --- small helpers ---------------------------------------------------------------------------
 
@@ -54,7 +65,7 @@
   }
 
   function formatMs(ms) {
-    if (ms == null) return "–";
+    if (ms == null) return "—";
     return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
   }
 
@@ -69,6 +80,9 @@
   function modelLabel(item) {
     return `${$(".pg-model-name", item).textContent} (${item.dataset.key})`;
   }
+
+  const modelName = (item) => $(".pg-model-name", item).textContent;
+  const itemFor = (key) => modelItems.find((item) => item.dataset.key === key);
 
   // --- Server-Sent Events ----------------------------------------------------------------------
 
@@ -124,6 +138,8 @@
   // --- answer columns --------------------------------------------------------------------------
 
   const STATUS_BADGE = { waiting: "", streaming: "run", done: "ok", error: "bad", stopped: "warn" };
+  // The words History and the run page use for the stored results (templates/inference/_status.html).
+  const STATUS_WORD = { waiting: "waiting", streaming: "streaming", done: "completed", error: "failed", stopped: "stopped" };
 
   function createColumn(target, run) {
     const node = els.template.content.firstElementChild.cloneNode(true);
@@ -144,22 +160,30 @@
     return column;
   }
 
-  /* "Stress-test this prompt": the form prefilled with this model and the run's prompt. A manual endpoint
-   * passes its URL and model name, never its key. A prompt too long for a URL goes as the run's id. */
+  /* "Stress-test this prompt": the stress form prefilled with what this run was sent, as the stress pages
+   * read it: from=playground, model=<key> (a manual endpoint: manual_url and manual_model, never its key),
+   * prompt, and system, max_tokens and temperature when the run had them. Texts too long for a URL go as
+   * the run's id instead (run=<id>), from which the stress form reads them. */
   function setStressLink(link, key, run) {
     if (!urls.stress || !run.prompt) return;
-    const query = new URLSearchParams();
+    const target = new URLSearchParams({ from: "playground" });
     if (key.startsWith("manual:")) {
       if (!run.manual) return;
-      query.set("manual_url", run.manual.api_url || run.manual.base_url || "");
-      query.set("manual_model", run.manual.model_name);
+      target.set("manual_url", run.manual.api_url || run.manual.base_url || "");
+      target.set("manual_model", run.manual.model_name);
     } else {
-      query.set("model", key);
+      target.set("model", key);
     }
-    let href = `${urls.stress}?${query}&${new URLSearchParams({ prompt: run.prompt })}`;
+    const texts = new URLSearchParams({ prompt: run.prompt });
+    if (run.system != null) texts.set("system", run.system);
+    const settings = new URLSearchParams();
+    if (run.maxTokens != null) settings.set("max_tokens", String(run.maxTokens));
+    if (run.temperature != null) settings.set("temperature", String(run.temperature));
+    const join = (...parts) => `${urls.stress}?${parts.map(String).filter(Boolean).join("&")}`;
+    let href = join(target, texts, settings);
     if (href.length > MAX_LINK_LENGTH) {
       if (!run.runId) return;
-      href = `${urls.stress}?${query}&${new URLSearchParams({ run: run.runId })}`;
+      href = join(target, new URLSearchParams({ run: run.runId }), settings);
     }
     link.href = href;
     link.hidden = false;
@@ -168,7 +192,7 @@
   function setStatus(column, status) {
     column.status = status;
     column.node.dataset.status = status;
-    column.badge.textContent = status;
+    column.badge.textContent = STATUS_WORD[status];
     column.badge.className = `badge pg-status ${STATUS_BADGE[status]}`.trim();
   }
 
@@ -324,14 +348,31 @@
     }
   }
 
-  async function apiErrorMessage(response) {
+  async function apiError(response) {
     try {
       const body = await response.json();
-      if (body && body.error && body.error.message) return body.error.message;
+      if (body && body.error && body.error.message) {
+        return { message: body.error.message, field: (body.error.details && body.error.details.field) || null };
+      }
     } catch {
       // not JSON: fall through to the status line
     }
-    return `The server answered ${response.status} ${response.statusText}.`;
+    return { message: `The server answered ${response.status} ${response.statusText}.`, field: null };
+  }
+
+  async function apiErrorMessage(response) {
+    return (await apiError(response)).message;
+  }
+
+  /* The server names an attached file by its place in the request ("images[1] is not a readable image");
+   * the operator knows it by its name. */
+  function nameTheFile(error, run) {
+    const image = /^images\[(\d+)\]/.exec(error.field || "");
+    const name = image ? run.imageNames[Number(image[1])] : error.field === "video" ? run.videoName : null;
+    if (!name) return error.message;
+    const place = image ? `images[${image[1]}]` : "video";
+    const label = image ? `${name} (image ${Number(image[1]) + 1})` : name;
+    return error.message.startsWith(place) ? label + error.message.slice(place.length) : `${label}: ${error.message}`;
   }
 
   function setRunning(running) {
@@ -357,6 +398,9 @@
     const run = {
       controller: new AbortController(), columns: new Map(), started: performance.now(), stopped: false,
       runId: null, done: null, failure: null, ticker: null, prompt: body.text, manual,
+      // what was sent, for the stress-test links (not what the form says by the time one is clicked)
+      system: body.system ?? null, maxTokens: body.max_tokens ?? null, temperature: body.temperature ?? null,
+      imageNames: media.images.map((image) => image.name), videoName: media.video ? media.video.name : null,
     };
     active = run;
     setRunning(true);
@@ -369,9 +413,10 @@
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       });
       if (!response.ok) {
-        run.failure = await apiErrorMessage(response);
+        run.failure = nameTheFile(await apiError(response), run);
       } else {
         els.columns.replaceChildren(); // the last run's answers stay until this one is accepted
+        els.summary.hidden = true;
         const parser = createSseParser((name, data) => handleEvent(run, name, data));
         const reader = response.body.getReader();
         for (;;) {
@@ -401,12 +446,19 @@
     }
     const now = performance.now();
     for (const column of run.columns.values()) renderColumn(column, now);
+    renderSummary(run);
     if (run.failure) showError(run.failure);
     els.runStatus.replaceChildren();
     if (run.runId) {
       let summary = "";
-      if (run.stopped) summary = "Stopped; the server cancels the remaining streams.";
-      else if (run.done) summary = `${run.done.succeeded} succeeded, ${run.done.failed} failed.`;
+      if (run.stopped) {
+        const columns = Array.from(run.columns.values());
+        const count = (status) => columns.filter((column) => column.status === status).length;
+        const failed = count("error");
+        summary = `Stopped: ${count("done")} finished, ${count("stopped")} stopped${failed ? `, ${failed} failed` : ""}.`;
+      } else if (run.done) {
+        summary = `${run.done.succeeded} succeeded, ${run.done.failed} failed.`;
+      }
       const link = document.createElement("a");
       link.href = urls.history.replace("RUN_ID", encodeURIComponent(run.runId));
       link.textContent = "open in History";
@@ -416,6 +468,76 @@
     }
     active = null;
     setRunning(false);
+  }
+
+  // --- the summary under the columns --------------------------------------------------------------
+
+  /* One row per model once the run ends. A figure that could not be measured is "—", never 0; the best
+   * of TTFT, tokens/s and total time is marked when at least two models have that figure. */
+  const SUMMARY_FIGURES = [
+    { name: "ttft", value: (final) => final.ttft_ms, format: formatMs, best: "lowest" },
+    { name: "tps", value: (final) => final.tokens_per_s, format: (v) => v.toFixed(1), best: "highest" },
+    { name: "output", value: (final) => final.output_tokens, best: null,
+      format: (v, final) => `${final.token_source === "chunks" ? "≈" : ""}${v.toLocaleString("en")}` },
+    { name: "total", value: (final) => final.latency_ms, format: formatMs, best: "lowest" },
+  ];
+
+  function renderSummary(run) {
+    const columns = Array.from(run.columns.values());
+    if (!columns.length) {
+      els.summary.hidden = true;
+      return;
+    }
+    const best = {};
+    for (const figure of SUMMARY_FIGURES) {
+      if (!figure.best) continue;
+      const values = columns.filter((c) => c.status === "done" && c.final && figure.value(c.final) != null)
+        .map((c) => figure.value(c.final));
+      if (values.length >= 2) best[figure.name] = figure.best === "lowest" ? Math.min(...values) : Math.max(...values);
+    }
+    els.summaryBody.replaceChildren(...columns.map((column) => {
+      const row = document.createElement("tr");
+      row.dataset.model = column.key;
+      row.dataset.status = column.status;
+      const name = document.createElement("th");
+      name.scope = "row";
+      name.textContent = $(".pg-column-name", column.node).textContent;
+      const key = document.createElement("code");
+      key.className = "muted small";
+      key.textContent = column.key;
+      name.append(" ", key);
+      row.append(name);
+      if (column.status !== "done" || !column.final) {
+        const note = document.createElement("td");
+        note.colSpan = SUMMARY_FIGURES.length;
+        note.className = "pg-summary-note";
+        note.textContent = column.status === "stopped"
+          ? "stopped before it finished: no figures"
+          : `failed${column.error ? ` (${column.error.code})` : ""}: no figures`;
+        row.append(note);
+        return row;
+      }
+      for (const figure of SUMMARY_FIGURES) {
+        const cell = document.createElement("td");
+        cell.className = "num";
+        cell.dataset.metric = figure.name;
+        const value = figure.value(column.final);
+        cell.textContent = value == null ? "—" : figure.format(value, column.final);
+        if (value != null && best[figure.name] === value) {
+          cell.classList.add("best");
+          cell.dataset.best = "true";
+          cell.title = `the ${figure.best} of this run`;
+          const star = document.createElement("span");
+          star.className = "pg-best";
+          star.setAttribute("aria-label", "best");
+          star.textContent = "★";
+          cell.append(" ", star);
+        }
+        row.append(cell);
+      }
+      return row;
+    }));
+    els.summary.hidden = false;
   }
 
   els.stop.addEventListener("click", () => {
@@ -498,9 +620,152 @@
 
   function updateRunButton() {
     els.run.disabled = Boolean(active) || !els.compat.hidden;
+    els.reset.disabled = Boolean(active);
     const count = selectedModels().length;
     els.modelCount.textContent = count ? `${count} selected` : "";
+    renderSelected();
+    renderManualState();
   }
+
+  // --- the model picker: what is selected, search, "available only" -----------------------------
+
+  /* The selection stays in view above the list, whatever the search or the list's scroll hides. */
+  function renderSelected() {
+    if (!els.selectedList) return;
+    const chips = modelItems.filter((item) => $("input", item).checked).map((item) => {
+      const chip = document.createElement("li");
+      chip.className = `pg-chip${item.dataset.available === "1" ? "" : " unavailable"}`;
+      chip.dataset.key = item.dataset.key;
+      chip.title = item.dataset.key;
+      const label = document.createElement("span");
+      label.textContent = modelName(item);
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "link pg-chip-remove";
+      remove.textContent = "✕";
+      remove.setAttribute("aria-label", `Untick ${modelName(item)}`);
+      remove.addEventListener("click", () => {
+        const box = $("input", item);
+        box.checked = false;
+        box.dispatchEvent(new Event("change", { bubbles: true }));
+      });
+      chip.append(label, remove);
+      return chip;
+    });
+    if (manualWanted()) {
+      const chip = document.createElement("li");
+      chip.className = "pg-chip manual";
+      chip.dataset.key = "manual";
+      chip.title = "the manual endpoint (below the prompt)";
+      chip.textContent = `manual: ${els.manualModel.value.trim() || "?"}`;
+      chips.push(chip);
+    }
+    els.selectedList.replaceChildren(...chips);
+    els.selectedNone.hidden = chips.length > 0;
+  }
+
+  function filterModels() {
+    if (!els.search) return;
+    const words = els.search.value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+    const availableOnly = els.availableOnly.checked;
+    let shown = 0;
+    for (const item of modelItems) {
+      const visible = (!availableOnly || item.dataset.available === "1")
+        && words.every((word) => item.dataset.search.includes(word));
+      item.hidden = !visible;
+      if (visible) shown += 1;
+    }
+    for (const group of modelGroups) group.hidden = !group.querySelector(".pg-model:not([hidden])");
+    els.modelList.scrollTop = 0;
+    const hidden = modelItems.length - shown;
+    const by = [words.length ? "the search" : "", availableOnly ? "“available only”" : ""].filter(Boolean).join(" and ");
+    let text = "";
+    if (!shown && words.length) {
+      text = `No model matches “${els.search.value.trim()}”${availableOnly ? " among the available ones" : ""}.`;
+    } else if (!shown) {
+      text = "No model is available; untick “available only” to see the others.";
+    } else if (hidden) {
+      text = `${hidden} more hidden by ${by}.`;
+    }
+    show(els.noMatch, text);
+  }
+
+  if (els.search) {
+    els.search.addEventListener("input", filterModels);
+    els.availableOnly.addEventListener("change", filterModels);
+    // Enter in the search box must not run the prompt (the form's submit).
+    els.search.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.ctrlKey && !event.metaKey) event.preventDefault();
+    });
+  }
+
+  // --- the manual endpoint ---------------------------------------------------------------------
+
+  function manualDescription() {
+    const model = els.manualModel.value.trim() || "(no model name)";
+    const url = els.manualUrl.value.trim() || "(no URL)";
+    return `${model} at ${url}`;
+  }
+
+  function renderManualState() {
+    if (manualWanted()) {
+      els.manualState.textContent = `· ${manualDescription()} · runs with every prompt`;
+      els.manualState.classList.add("pg-manual-on");
+    } else {
+      els.manualState.textContent = "(any OpenAI-compatible server)";
+      els.manualState.classList.remove("pg-manual-on");
+    }
+    els.manualClear.disabled = !(manualWanted() || els.manualKey.value);
+  }
+
+  function clearManual() {
+    els.manualUrl.value = "";
+    els.manualModel.value = "";
+    els.manualKey.value = "";
+    forgetRestored("manual");
+    saveSelections();
+    updateCompatibility();
+  }
+
+  els.manualClear.addEventListener("click", clearManual);
+
+  // --- reset -----------------------------------------------------------------------------------
+
+  function resetForm() {
+    if (active) return;
+    selectModels([]);
+    els.prompt.value = "";
+    els.system.value = "";
+    els.maxTokens.value = els.maxTokens.defaultValue;
+    els.temperature.value = "";
+    els.manualUrl.value = "";
+    els.manualModel.value = "";
+    els.manualKey.value = "";
+    els.manual.open = false;
+    for (const item of [...media.images, ...(media.video ? [media.video] : [])]) URL.revokeObjectURL(item.previewUrl);
+    media.images = [];
+    media.video = null;
+    renderPreviews();
+    show(els.mediaError, "");
+    if (els.search) {
+      els.search.value = "";
+      els.availableOnly.checked = false;
+      filterModels();
+    }
+    restored = [];
+    renderRestored();
+    showNotice("");
+    showError("");
+    try {
+      localStorage.removeItem(STORAGE_KEY);
+    } catch {
+      // storage disabled: nothing was remembered
+    }
+    updateCompatibility();
+    els.prompt.focus();
+  }
+
+  els.reset.addEventListener("click", resetForm);
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -523,6 +788,28 @@
       reader.onerror = () => reject(reader.error);
       reader.readAsDataURL(file);
     });
+  }
+
+  /* The server reads an image's type from its bytes and refuses what is not a PNG, JPEG, GIF or WebP
+   * picture; the browser checks the same before accepting a file, so that a renamed or broken file is
+   * refused here, by name, rather than shown as a broken thumbnail and refused by the server later. */
+  async function imageProblem(file) {
+    const head = new Uint8Array(await file.slice(0, 12).arrayBuffer());
+    const ascii = (start, end) => String.fromCharCode(...head.slice(start, end));
+    const png = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a].every((byte, i) => head[i] === byte);
+    const jpeg = head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff;
+    const gif = ["GIF87a", "GIF89a"].includes(ascii(0, 6));
+    const webp = ascii(0, 4) === "RIFF" && ascii(8, 12) === "WEBP";
+    if (!(png || jpeg || gif || webp)) {
+      return `${file.name}: not a PNG, JPEG, GIF or WebP image inside, whatever its name says.`;
+    }
+    try {
+      const bitmap = await createImageBitmap(file);
+      bitmap.close();
+    } catch {
+      return `${file.name}: not a readable image; the browser could not decode it (a damaged or cut-off file?).`;
+    }
+    return "";
   }
 
   async function addFiles(files) {
@@ -552,23 +839,32 @@
     }
     show(els.mediaError, problems.join(" "));
     media.reading += accepted.length;
-    await Promise.all(accepted.map(async ({ file, kind }) => {
+    // Read side by side, kept in the order they were picked (the server's images[i] is that order).
+    const items = await Promise.all(accepted.map(async ({ file, kind }) => {
       try {
-        const item = { name: file.name, size: file.size, type: file.type, dataUrl: await readAsDataUrl(file),
-                       previewUrl: URL.createObjectURL(file) };
-        if (kind === "video") {
-          if (media.video) URL.revokeObjectURL(media.video.previewUrl);
-          media.video = item;
-        } else {
-          media.images.push(item);
+        const problem = kind === "image" ? await imageProblem(file) : "";
+        if (problem) {
+          problems.push(problem);
+          return null;
         }
+        return { kind, name: file.name, size: file.size, type: file.type, dataUrl: await readAsDataUrl(file),
+                 previewUrl: URL.createObjectURL(file) };
       } catch (error) {
         problems.push(`${file.name}: could not be read (${error && error.message}).`);
-        show(els.mediaError, problems.join(" "));
+        return null;
       } finally {
         media.reading -= 1;
       }
     }));
+    for (const item of items.filter(Boolean)) {
+      if (item.kind === "video") {
+        if (media.video) URL.revokeObjectURL(media.video.previewUrl);
+        media.video = item;
+      } else {
+        media.images.push(item);
+      }
+    }
+    show(els.mediaError, problems.join(" "));
     renderPreviews();
     updateCompatibility();
   }
@@ -672,8 +968,10 @@
     for (const box of checkboxes) box.checked = wanted.has(box.value);
   }
 
+  /* Puts the last visit's settings back and returns what that changed from the page's defaults, one
+   * {field, text} each, for #pg-restored. */
   function applySelections(saved) {
-    if (!saved) return;
+    if (!saved || typeof saved !== "object") return [];
     if (Array.isArray(saved.models)) selectModels(saved.models);
     if (typeof saved.system === "string") els.system.value = saved.system;
     if (saved.max_tokens != null) els.maxTokens.value = saved.max_tokens;
@@ -681,6 +979,41 @@
     if (typeof saved.manual_url === "string") els.manualUrl.value = saved.manual_url;
     if (typeof saved.manual_model === "string") els.manualModel.value = saved.manual_model;
     if (els.manualUrl.value || els.manualModel.value) els.manual.open = true;
+
+    const changes = [];
+    const names = modelItems.filter((item) => $("input", item).checked).map(modelName);
+    if (names.length) changes.push({ field: "models", text: `models: ${names.join(", ")}` });
+    if (els.system.value.trim()) changes.push({ field: "system", text: `system prompt: “${cut(els.system.value, 80)}”` });
+    if (els.maxTokens.value !== els.maxTokens.defaultValue) {
+      changes.push({ field: "max_tokens", text: `max tokens: ${els.maxTokens.value || "(empty: each model's default)"}` });
+    }
+    if (els.temperature.value !== "") changes.push({ field: "temperature", text: `temperature: ${els.temperature.value}` });
+    if (manualWanted()) {
+      changes.push({ field: "manual", text: `manual endpoint: ${manualDescription()}; it runs with every prompt until cleared` });
+    }
+    return changes;
+  }
+
+  function cut(text, length) {
+    const flat = text.replace(/\s+/g, " ").trim();
+    return flat.length > length ? `${flat.slice(0, length - 1)}…` : flat;
+  }
+
+  function renderRestored() {
+    els.restoredList.replaceChildren(...restored.map((item) => {
+      const li = document.createElement("li");
+      li.dataset.field = item.field;
+      li.textContent = item.text;
+      return li;
+    }));
+    els.restored.hidden = restored.length === 0;
+  }
+
+  /* A restored setting that no longer holds (replaced by a link or a run, cleared) leaves the notice. */
+  function forgetRestored(...fields) {
+    const before = restored.length;
+    restored = restored.filter((item) => !fields.includes(item.field));
+    if (restored.length !== before) renderRestored();
   }
 
   async function prefillFromRun(runId) {
@@ -698,6 +1031,7 @@
     const run = await response.json();
     const params = run.params || {};
     const notes = [];
+    forgetRestored("models", "system", "max_tokens", "temperature", "manual");
     els.prompt.value = run.prompt || "";
     els.system.value = run.system || "";
     els.maxTokens.value = params.max_tokens ?? "";
@@ -707,12 +1041,18 @@
     const gone = models.filter((key) => !catalogKeys.has(key) && !key.startsWith("manual:"));
     if (gone.length) notes.push(`No longer in the catalogue: ${gone.join(", ")}.`);
     const manual = params.manual_config;
+    els.manualKey.value = "";
     if (manual) {
       els.manualUrl.value = manual.base_url || manual.api_url || "";
       els.manualModel.value = manual.model_name || "";
       els.manual.open = true;
       if (manual.api_key_given) notes.push("The manual endpoint had an API key; keys are never stored, so enter it again.");
+    } else {
+      // The run had none: a manual endpoint left from an earlier visit must not join it.
+      els.manualUrl.value = "";
+      els.manualModel.value = "";
     }
+    saveSelections();
     const images = (params.images || []).length;
     if (images) notes.push(`The original run had ${images} image${images === 1 ? "" : "s"}; attach ${images === 1 ? "it" : "them"} again.`);
     if (params.video) notes.push("The original run had a video; attach it again.");
@@ -724,11 +1064,15 @@
     const models = query.getAll("model").flatMap((value) => value.split(",")).filter(Boolean);
     if (models.length) {
       selectModels(models.filter((key) => catalogKeys.has(key)));
+      forgetRestored("models");
       const unknown = models.filter((key) => !catalogKeys.has(key));
       if (unknown.length) showNotice(`Not in the catalogue: ${unknown.join(", ")}.`);
     }
     if (query.has("prompt")) els.prompt.value = query.get("prompt");
-    if (query.has("system")) els.system.value = query.get("system");
+    if (query.has("system")) {
+      els.system.value = query.get("system");
+      forgetRestored("system");
+    }
   }
 
   form.addEventListener("change", (event) => {
@@ -739,11 +1083,18 @@
     if ([els.system, els.maxTokens, els.temperature, els.manualUrl, els.manualModel].includes(event.target)) {
       saveSelections();
     }
+    if ([els.manualUrl, els.manualModel, els.manualKey].includes(event.target)) {
+      if (!manualWanted()) forgetRestored("manual");
+      renderSelected();
+      renderManualState();
+    }
   });
 
-  applySelections(loadSelections());
+  restored = applySelections(loadSelections());
+  renderRestored();
   const query = new URLSearchParams(window.location.search);
   prefillFromQuery(query);
+  filterModels();
   updateCompatibility();
   if (query.get("run")) prefillFromRun(query.get("run"));
 })();
