@@ -244,6 +244,10 @@ def capacity(levels: Sequence[Mapping[str, Any]], verdicts: Sequence[Verdict]) -
     highest = max(int(level["concurrency"]) for level, _ in judged)
     reason = ("every tested concurrency meets the SLO: the capacity may be higher" if best == highest
               else f"concurrency {best} is the highest that meets the SLO")
+    unjudged = [str(level["concurrency"]) for level, verdict in zip(levels, verdicts, strict=True)
+                if verdict.meets is None and int(level["concurrency"]) > best]
+    if unjudged:
+        reason += f"; concurrency {', '.join(unjudged)} could not be judged"
     return Capacity(best, position, len(judged), reason)
 
 

@@ -6,12 +6,16 @@
     const box = document.getElementById("figures");
     if (!data || !box || typeof Plotly === "undefined") return;
     const figures = JSON.parse(data.textContent);
-    for (const figure of figures) {
+    // Every box first, then the charts: each is sized to its box once the page's layout has settled.
+    const divs = figures.map(() => {
       const div = document.createElement("div");
       div.className = "figure";
       box.appendChild(div);
-      Plotly.newPlot(div, figure.data, figure.layout, {displaylogo: false, responsive: true});
-    }
+      return div;
+    });
+    figures.forEach((figure, i) => {
+      Plotly.newPlot(divs[i], figure.data, figure.layout, {displaylogo: false, responsive: true});
+    });
     box.dataset.drawn = String(figures.length);
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", draw);

@@ -1,0 +1,80 @@
+"""The results page and the self-contained HTML report in Chromium; the report with every request that
+is not for the file itself blocked, so that it proves it needs no network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from playwright.sync_api import Page, Route, expect
+
+from tests.e2e.conftest import screenshot
+from tests.support.results import add_job, failed, level, ok
+
+
+def _sweep(app: Flask) -> None:
+    add_job(app, "report1", [
+        level(1, [ok(100.0 + i, start=i * 0.5) for i in range(10)], out_tps=400.0, latency_p50=0.8),
+        level(4, [ok(200.0 + i, start=i * 0.2) for i in range(9)] + [failed()], out_tps=1200.0, latency_p50=1.1),
+        level(16, [ok(300.0 + 30 * i, start=i * 0.1) for i in range(20)], out_tps=2000.0, latency_p50=2.5,
+              complete=False),
+    ])
+
+
+def test_the_report_draws_its_charts_offline(app: Flask, client: Any, page: Page, tmp_path: Path) -> None:
+    _sweep(app)
+    report = client.get("/api/v1/results/report1/export?format=html")
+    assert report.status_code == 200
+    path = tmp_path / "report.html"
+    path.write_bytes(report.data)
+    assert path.stat().st_size < 5_000_000
+
+    requested: list[str] = []
+
+    def only_the_file(route: Route) -> None:
+        url = route.request.url
+        requested.append(url)
+        if url.startswith("file://"):
+            route.continue_()
+        else:
+            route.abort()
+
+    page.route("**/*", only_the_file)
+    page.goto(path.as_uri())
+    # Ten figures: six against concurrency, latency against throughput, two distributions, one over time.
+    expect(page.locator("#figures .figure")).to_have_count(10)
+    expect(page.locator("#figures .figure .main-svg").first).to_be_visible()
+    points = page.locator("#figures .scatterlayer .point").count()
+    assert points > 30, points
+    assert requested and all(url.startswith("file://") for url in requested), requested
+    expect(page.locator("#results-levels tbody tr")).to_have_count(3)
+    expect(page.locator("#results-levels tr[data-concurrency='16'] .badge.warn")).to_have_text("partial")
+    screenshot(page, "results-report-offline")
+
+
+def test_the_results_page_in_the_browser(app: Flask, client: Any, page: Page) -> None:
+    """The page served by the in-process app through Playwright's routing (no server needed)."""
+    _sweep(app)
+
+    def serve(route: Route) -> None:
+        url = route.request.url
+        path = url.split("://", 1)[1].split("/", 1)[1] if "/" in url.split("://", 1)[1] else ""
+        response = client.get("/" + path)
+        route.fulfill(status=response.status_code, headers=dict(response.headers), body=response.data)
+
+    page.route("http://results.test/**", serve)
+    page.goto("http://results.test/results")
+    expect(page.locator("#results-list tr[data-job='report1']")).to_be_visible()
+    page.click("#results-list tr[data-job='report1'] a")
+    expect(page.locator("#results-summary")).to_contain_text("concurrency 1")
+    expect(page.locator("#figures .figure")).to_have_count(10)
+    page.fill("#slo-form input[name=ttft_ms]", "1000")
+    page.fill("#slo-form input[name=error_rate]", "0.2")
+    page.click("#slo-form button[type=submit]")
+    expect(page.locator("#results-summary")).to_contain_text("concurrency 4")  # 16 is partial: never capacity
+    assert "ttft_ms=1000" in page.url
+    expect(page.locator("#figures .figure .main-svg").first).to_be_visible()
+    csv_link = page.locator("a.button", has_text="CSV").first
+    assert "ttft_ms=1000" in (csv_link.get_attribute("href") or "")
+    screenshot(page, "results-page")
