@@ -1,12 +1,25 @@
-"""What every HTML page shares: full page or HTMX fragment from one template, and the home page."""
+"""What every HTML page shares: full page or HTMX fragment from one template, the home page, the icon."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, make_response, render_template, request, send_file, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
+
+from backend.catalog.registry import ModelSpec
 
 bp = Blueprint("web", __name__)
 
@@ -25,6 +38,7 @@ def render(page: str, fragment: str, **context: Any) -> Response:
 
 @bp.get("/")
 def home():  # type: ignore[no-untyped-def]
+    from backend.catalog.service import get_catalog
     from backend.inference import service as inference_service
     from backend.stress import service as stress_service
     from backend.stress.pages import decorate
@@ -35,10 +49,29 @@ def home():  # type: ignore[no-untyped-def]
     active = stress_service.list_jobs(settings, status="queued,running,cancelling", model=None, limit=10, offset=0)
     finished = stress_service.list_jobs(settings, status="completed,failed,cancelled,interrupted", model=None,
                                         limit=5, offset=0)
+    first_run = not recent and not active["total"] and not finished["total"]
     return render_template("home/index.html", recent_runs=recent,
                            active_jobs=[decorate(job) for job in active["jobs"]], active_total=active["total"],
                            finished_jobs=[decorate(job) for job in finished["jobs"]],
-                           worker_alive=active["worker"]["alive"])
+                           worker_alive=active["worker"]["alive"], first_run=first_run,
+                           starter_models=starter_models(get_catalog().models))
+
+
+# The simulator's models a first run is pointed at, in this order when the catalogue has them.
+STARTER_MODELS = ("sim-fast", "sim-reasoning", "sim-vision")
+
+
+def starter_models(configured: Mapping[str, ModelSpec], count: int = 3) -> list[str]:
+    """Keys of up to ``count`` simulator models from the configured catalogue, the usual starters first."""
+    simulated = [key for key, spec in configured.items() if spec.provider == "simulator"]
+    preferred = [key for key in STARTER_MODELS if key in simulated]
+    return (preferred + [key for key in simulated if key not in preferred])[:count]
+
+
+@bp.get("/favicon.ico")
+def favicon():  # type: ignore[no-untyped-def]
+    """Browsers ask for /favicon.ico whatever the page says; the icon is the SVG that base.html links."""
+    return redirect(url_for("static", filename="favicon.svg"), code=301)
 
 
 @bp.get("/vendor/plotly.min.js")

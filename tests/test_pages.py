@@ -167,3 +167,80 @@ def test_home_lists_runs_like_history(app: Flask, client) -> None:  # type: igno
     _store_run(app, "d" * 32, "hello home", [("sim-fast", "completed", "hi")])
     page = client.get("/")
     assert "hello home" in page.text and f"/history/{'d' * 32}" in page.text and "runs-table" in page.text
+
+
+# --- Home page and icon (issue 9, items 19 and 21) --------------------------------------------------
+
+
+def _home_stress_job(client, levels: list[int]) -> str:  # type: ignore[no-untyped-def]
+    response = client.post("/api/v1/stress-tests", json={"model": "sim-fast", "concurrency": levels,
+                                                         "requests": [2] * len(levels), "dataset": "prompt",
+                                                         "prompt": "hi", "output_tokens": 8})
+    assert response.status_code == 201, response.json
+    return response.json["id"]
+
+
+def _panel(page: str, panel_id: str) -> str:
+    """The HTML of the home page's panel ``panel_id``, up to the next panel."""
+    start = page.index(f'id="{panel_id}"')
+    end = page.find('class="panel', start)
+    return page[start:end if end != -1 else None]
+
+
+def test_home_says_what_each_job_is_for(client) -> None:  # type: ignore[no-untyped-def]
+    page = client.get("/").text
+    for panel_id, heading, link in (("home-compare", "Compare models", 'href="/playground"'),
+                                    ("home-stress", "Stress tests", 'href="/stress-tests/new"'),
+                                    ("home-results", "Results", 'href="/history"')):
+        panel = _panel(page, panel_id)
+        assert f"<h2>{heading}</h2>" in panel and link in panel, panel_id
+        purposes = panel.split('<p class="home-purpose">')[1:]
+        assert len(purposes) == 1, panel_id
+        sentence = purposes[0].split("</p>", 1)[0].strip()
+        assert sentence.endswith(".") and sentence.count(". ") == 0 and len(sentence.split()) >= 8, sentence
+
+
+def test_home_first_run_hint_starts_with_the_simulator(app: Flask, client) -> None:  # type: ignore[no-untyped-def]
+    page = client.get("/").text
+    hint = _panel(page, "first-run")
+    # The test catalogue's simulator models, the usual three first (tests/data/models.yaml).
+    assert 'href="/playground?model=sim-fast,sim-reasoning,sim-vision"' in hint
+    assert 'href="/stress-tests/new?model=sim-fast"' in hint
+    assert "<code>sim-*</code>" in hint and "scripts/start.sh" in hint
+
+    _store_run(app, "e" * 32, "first", [("sim-fast", "completed", "hi")])
+    assert 'id="first-run"' not in client.get("/").text
+
+
+def test_home_first_run_hint_goes_once_a_stress_test_exists(client) -> None:  # type: ignore[no-untyped-def]
+    _home_stress_job(client, [1])
+    page = client.get("/").text
+    assert 'id="first-run"' not in page and 'id="home-stress"' in page
+
+
+def test_home_labels_the_concurrency_levels(app: Flask, client) -> None:  # type: ignore[no-untyped-def]
+    from backend.db import db
+    from backend.stress.models import JobStatus, transition
+
+    queued = _home_stress_job(client, [1, 4])
+    done = _home_stress_job(client, [2, 8, 16])
+    with app.app_context():
+        assert transition(done, JobStatus.CANCELLED)
+        db.session.commit()
+    stress = _panel(client.get("/").text, "home-stress")
+    assert f'href="/stress-tests/{queued}"' in stress and f'href="/stress-tests/{done}"' in stress
+    assert "concurrency 1, 4" in stress and "concurrency 2, 8, 16" in stress
+    assert "\u00d7 " not in stress  # the unexplained multiplication sign of before
+
+
+def test_favicon_is_served(client) -> None:  # type: ignore[no-untyped-def]
+    page = client.get("/models").text
+    links = [tag for tag in page.split("<link ")[1:] if 'rel="icon"' in tag.split(">", 1)[0]]
+    assert len(links) == 1
+    href = links[0].split('href="', 1)[1].split('"', 1)[0]
+    icon = client.get(href)
+    assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
+    assert icon.data.lstrip().startswith(b"<svg") and b'xmlns="http://www.w3.org/2000/svg"' in icon.data
+
+    direct = client.get("/favicon.ico", follow_redirects=True)
+    assert direct.status_code == 200 and direct.mimetype == "image/svg+xml" and direct.data == icon.data
