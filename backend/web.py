@@ -104,10 +104,3 @@ def plotly_version() -> str:
 @bp.app_context_processor
 def _vendor_urls() -> dict[str, Any]:
     return {"plotly_url": lambda: url_for("web.plotly_js", v=plotly_version())}
-
-
-@bp.get("/results")
-def results():  # type: ignore[no-untyped-def]
-    return render_template("placeholder/coming.html", title="Results",
-                           text="Charts, comparisons and exports of stress-test results arrive with the results "
-                                "feature. Past playground runs are in History.")

@@ -191,7 +191,7 @@ def test_home_says_what_each_job_is_for(client) -> None:  # type: ignore[no-unty
     page = client.get("/").text
     for panel_id, heading, link in (("home-compare", "Compare models", 'href="/playground"'),
                                     ("home-stress", "Stress tests", 'href="/stress-tests/new"'),
-                                    ("home-results", "Results", 'href="/history"')):
+                                    ("home-results", "Results", 'href="/results"')):
         panel = _panel(page, panel_id)
         assert f"<h2>{heading}</h2>" in panel and link in panel, panel_id
         purposes = panel.split('<p class="home-purpose">')[1:]

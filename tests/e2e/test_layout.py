@@ -78,7 +78,7 @@ def layout_data(layout_app: AppServer) -> dict[str, str]:
 
 def _pages(data: dict[str, str]) -> list[str]:
     return ["/", "/models", "/playground", "/stress-tests", "/stress-tests/new", f"/stress-tests/{data['queued']}",
-            "/results", "/history", f"/history/{data['run']}", "/no/such/page"]
+            "/results", f"/results/{data['finished']}", "/history", f"/history/{data['run']}", "/no/such/page"]
 
 
 def test_home_page_first_run_then_with_runs_and_jobs(page: Page, layout_app: AppServer,
@@ -189,7 +189,8 @@ def test_every_nav_link_is_whole_on_every_page(page: Page, layout_app: AppServer
     page.set_viewport_size({"width": width, "height": 900})
     problems = {}
     for path in _pages(layout_data):
-        page.goto(layout_app.url + path)
+        response = page.goto(layout_app.url + path)
+        assert response is not None and response.status == (404 if path == "/no/such/page" else 200), path
         found = _nav_problems(page, width)
         if found:
             problems[path] = found
