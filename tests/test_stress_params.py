@@ -75,6 +75,17 @@ INVALID = [
     ("image count", _with(image_count=100), "image_count"),
     ("output over the model limit", _with(model="sim-text-only", output_tokens=65), "output_tokens"),
     ("unknown field", _with(concurrency_levels=[1]), "concurrency_levels"),
+    ("warmup negative", _with(warmup=-1), "warmup"),
+    ("warmup a word", _with(warmup="lots"), "warmup"),
+    ("warmup a bool", _with(warmup=True), "warmup"),
+    ("warmup a float", _with(warmup=2.0), "warmup"),
+    ("warmup too many", _with(warmup=101), "warmup"),
+    ("system with a random dataset", _with(dataset="random", prompt=None, system="be brief"), "system"),
+    ("system not text", _with(system=3), "system"),
+    ("system too long", _with(system="x" * 200_001), "system"),
+    ("system to a completions endpoint", _with(model=None, system="be brief",
+                                               manual_config={"api_url": "http://x/v1/completions",
+                                                              "model_name": "m"}), "system"),
 ]
 
 
@@ -204,3 +215,34 @@ def test_command_is_an_argument_list_without_secrets(tmp_path: Path) -> None:
                                                      "region": "us-east-1"}, params=params, settings=settings)
     assert "--url=http://127.0.0.1:1/v1/chat/completions" not in bedrock
     assert bedrock[bedrock.index("--api") + 1] == "bedrock"
+
+
+def test_warmup_and_system_prompt_are_stored_and_reach_the_command(stress_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from backend.stress.command import build_command, job_paths
+    from backend.stress.evalscope_args import SYSTEM_FILE_FLAG, WARMUP_PER_SLOT_FLAG
+
+    default = stress_client.post("/api/v1/stress-tests", json=BASE).json["params"]
+    assert default["warmup"] == 0 and "system" not in default  # the API's defaults are unchanged
+    blank = stress_client.post("/api/v1/stress-tests", json=_with(system="  ")).json["params"]
+    assert "system" not in blank
+    per_slot = stress_client.post("/api/v1/stress-tests", json=_with(warmup="concurrency", system="terse")).json
+    assert per_slot["params"]["warmup"] == "concurrency" and per_slot["params"]["system"] == "terse"
+    fixed = stress_client.post("/api/v1/stress-tests", json=_with(warmup=4)).json["params"]
+    assert fixed["warmup"] == 4
+
+    settings = {"outputs_dir": str(tmp_path / "out"), "logs_dir": str(tmp_path / "logs"), "level_pause_s": 5}
+    target = {"provider": "openai", "model_id": "m", "chat_url": "http://127.0.0.1:1/v1/chat/completions"}
+    paths = job_paths(settings, "abc123")
+
+    def command(params: dict[str, Any]) -> list[str]:
+        return build_command(job_id="abc123", target=target, params=params, settings=settings)
+
+    args = command(per_slot["params"])
+    assert WARMUP_PER_SLOT_FLAG in args and not any(a.startswith("--warmup-num") for a in args)
+    assert f"{SYSTEM_FILE_FLAG}={paths.system_path}" in args  # the text travels as our own file
+    assert not any("terse" in arg for arg in args)
+    args = command(fixed)
+    assert "--warmup-num=4" in args and WARMUP_PER_SLOT_FLAG not in args
+    args = command(default)
+    assert not any(a.startswith(("--warmup-num", WARMUP_PER_SLOT_FLAG, SYSTEM_FILE_FLAG)) for a in args)
+

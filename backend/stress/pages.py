@@ -38,7 +38,7 @@ from flask import (
     request,
     url_for,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from backend.catalog.service import get_catalog
 from backend.db import db
@@ -46,7 +46,7 @@ from backend.errors import ApiError, NotFound
 from backend.inference import service as inference_service
 from backend.sse import PING, SSE_HEADERS, sse_event
 from backend.stress import datasets, service
-from backend.stress.models import JobStatus, StressJob
+from backend.stress.models import JobStatus, StressJob, StressLevel
 from backend.stress.params import (
     DEFAULT_PROMPT,
     FILE_DATASETS,
@@ -575,7 +575,8 @@ def cancel(job_id: str):  # type: ignore[no-untyped-def]
 @bp.post("/stress-tests/<job_id>/delete")
 def delete(job_id: str):  # type: ignore[no-untyped-def]
     row = _job_or_404(job_id)
-    levels = len(row.levels)
+    # Counted, not loaded: levels loaded into the session would be deleted twice (service and cascade).
+    levels = db.session.scalar(select(func.count()).select_from(StressLevel).where(StressLevel.job_id == row.id))
     what = (f"Deleted stress test {row.id} ({(row.target or {}).get('name') or row.model_key}, {row.status}): "
             f"{levels} level{'s' if levels != 1 else ''} of results, its log and its output files.")
     try:

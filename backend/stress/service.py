@@ -380,7 +380,7 @@ def per_request_s(timing: dict[str, Any], output_tokens: int) -> float:
 
 
 def estimate_seconds(params: dict[str, Any], timing: dict[str, Any], overhead_s: float, pause_s: float) -> float:
-    """A lower bound on a job's duration (static/js/stress_form.js computes the same as the form changes):
+    """About how long a job takes, or more (static/js/stress_form.js computes the same as the form changes):
     the start-up overhead, the pauses between levels, and per level the number of request "waves"
     (measured and warm-up requests over the concurrency) times one request's latency at low load."""
     levels, counts = params["concurrency"], params["requests"]

@@ -26,9 +26,11 @@
     estRequests: $("#sf-estimate-requests"), estLevels: $("#sf-estimate-levels"),
     estDuration: $("#sf-estimate-duration"), summary: $("#sf-summary"), formErrors: document.getElementById("form-errors"),
   };
-  const limit = (name) => Number(form.dataset[name] || 0);
-  const levelPauseS = limit("levelPauseS");
-  const maxDatasetBytes = limit("maxDatasetBytes");
+  // form.dataset would be the form's field named "dataset" (a form's named fields override its properties).
+  const attr = (name) => HTMLElement.prototype.getAttribute.call(form, `data-${name}`);
+  const limit = (name) => Number(attr(name) || 0);
+  const levelPauseS = limit("level-pause-s");
+  const maxDatasetBytes = limit("max-dataset-bytes");
   const FILE_DATASETS = new Set(["line_by_line", "openqa", "custom"]);
   const fmt = (n) => n.toLocaleString("en");
 
@@ -74,9 +76,9 @@
     const levels = concurrency.numbers;
     const low = levels.findIndex((n) => n < 1);
     if (low >= 0) return { field: els.concurrency, problem: `${label}: level ${low + 1} must be at least 1` };
-    if (levels.length > limit("maxLevels")) return { field: els.concurrency, problem: `${label}: at most ${limit("maxLevels")} levels` };
-    const high = levels.findIndex((n) => n > limit("maxParallel"));
-    if (high >= 0) return { field: els.concurrency, problem: `${label} (level ${high + 1}): at most ${limit("maxParallel")} (stress.max_parallel)` };
+    if (levels.length > limit("max-levels")) return { field: els.concurrency, problem: `${label}: at most ${limit("max-levels")} levels` };
+    const high = levels.findIndex((n) => n > limit("max-parallel"));
+    if (high >= 0) return { field: els.concurrency, problem: `${label} (level ${high + 1}): at most ${limit("max-parallel")} (stress.max_parallel)` };
     if (new Set(levels).size !== levels.length) return { field: els.concurrency, problem: `${label}: a level is repeated` };
     const requests = parseList(els.requests.value);
     const rLabel = labels.requests;
@@ -88,8 +90,8 @@
     }
     const few = counts.findIndex((n) => n < 1);
     if (few >= 0) return { field: els.requests, problem: `${rLabel}${requests.numbers.length > 1 ? ` (level ${few + 1})` : ""}: must be at least 1` };
-    const many = counts.findIndex((n) => n > limit("maxRequests"));
-    if (many >= 0) return { field: els.requests, problem: `${rLabel}${requests.numbers.length > 1 ? ` (level ${many + 1})` : ""}: at most ${limit("maxRequests")} (stress.max_requests)` };
+    const many = counts.findIndex((n) => n > limit("max-requests"));
+    if (many >= 0) return { field: els.requests, problem: `${rLabel}${requests.numbers.length > 1 ? ` (level ${many + 1})` : ""}: at most ${limit("max-requests")} (stress.max_requests)` };
     return { levels, counts };
   }
 
@@ -172,12 +174,12 @@
     return `${Math.floor(seconds / 3600)} h ${String(Math.round((seconds % 3600) / 60)).padStart(2, "0")} min`;
   }
 
-  /* A lower bound on the duration, as backend/stress/service.py estimate_seconds computes it for the job
+  /* An estimate of the duration, as backend/stress/service.py estimate_seconds computes it for the job
    * page: one request's latency at the lowest concurrency of the latest completed job of the same model
    * (rescaled to this output length through TTFT and TPOT when known), times the request "waves" of each
    * level (its measured and warm-up requests over its concurrency), plus evalscope's pause between levels
    * and the start-up overhead measured on the latest completed job. Latency only grows with load, so the
-   * real run takes at least about this long; with no earlier job of this model there is no estimate. */
+   * real run takes about this long or longer; with no earlier job of this model there is no estimate. */
   function estimateDuration(levels, counts) {
     const timing = data.timings[els.target.value];
     if (!timing) return null;
@@ -235,8 +237,8 @@
       const parts = [`${formatDuration(estimate.requests)} of requests (${estimate.perRequest.toFixed(2)} s each at low load, from job ${estimate.timing.job})`];
       if (estimate.pauses) parts.push(`${formatDuration(estimate.pauses)} of pauses between levels`);
       if (data.overhead) parts.push(`${formatDuration(estimate.startup)} of start-up and reports (measured on job ${data.overhead.job})`);
-      els.estDuration.textContent = `At least ≈ ${formatDuration(estimate.seconds)}: ${parts.join(", ")}. `
-        + "Latency grows under load, so expect longer.";
+      els.estDuration.textContent = `≈ ${formatDuration(estimate.seconds)} or more: ${parts.join(", ")}. `
+        + "Latency grows under load, so expect longer at high concurrency.";
     } else if (els.target.value) {
       els.estDuration.textContent = "No duration estimate: this target has no completed stress test yet.";
     }
@@ -322,7 +324,7 @@
     els.upload.disabled = true;
     els.uploadStatus.textContent = "uploading…";
     try {
-      const response = await fetch(form.dataset.uploadUrl, { method: "POST", body, headers: { "X-Requested-With": "fetch" } });
+      const response = await fetch(attr("upload-url"), { method: "POST", body, headers: { "X-Requested-With": "fetch" } });
       const answer = await response.json().catch(() => null);
       if (!response.ok) {
         els.uploadError.textContent = answer?.error?.message || `The server answered ${response.status}.`;
