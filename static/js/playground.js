@@ -484,10 +484,7 @@
 
   function renderSummary(run) {
     const columns = Array.from(run.columns.values());
-    if (!columns.length) {
-      els.summary.hidden = true;
-      return;
-    }
+    if (!columns.length) return; // refused before it started: the last run's answers and summary stay
     const best = {};
     for (const figure of SUMMARY_FIGURES) {
       if (!figure.best) continue;
@@ -1052,7 +1049,6 @@
       els.manualUrl.value = "";
       els.manualModel.value = "";
     }
-    saveSelections();
     const images = (params.images || []).length;
     if (images) notes.push(`The original run had ${images} image${images === 1 ? "" : "s"}; attach ${images === 1 ? "it" : "them"} again.`);
     if (params.video) notes.push("The original run had a video; attach it again.");
