@@ -45,7 +45,7 @@ def test_prefill_from_query_and_from_the_playground(page: Page, e2e_app: AppServ
     expect(page.locator("#sf-target")).to_have_value("sim-fast")
     expect(page.locator("#sf-dataset")).to_have_value("prompt")
     expect(page.locator("#sf-prompt")).to_have_value("Count to five <b>slowly</b>.")
-    expect(page.locator(".flash-info").first).to_contain_text("Prompt prefilled")
+    expect(page.locator(".flash-info").first).to_contain_text("From the link: the model (sim-fast) and the prompt.")
     expect(page.locator("#sf-estimate-requests")).to_have_text("10")  # the quick check: 10 requests
 
     # From a playground answer column.
@@ -67,9 +67,9 @@ def test_validation_errors_are_shown_next_to_their_fields(page: Page, e2e_app: A
     open_form(page, e2e_app, "?model=sim-fast")
     page.locator("#sf-concurrency").fill("1, 0")
     page.locator("#sf-prompt").fill("")
-    expect(page.locator("#sf-estimate-levels")).to_contain_text("whole numbers")
+    expect(page.locator("#sf-estimate-levels")).to_contain_text("Concurrency levels: level 2 must be at least 1")
     page.locator("#sf-submit").click()
-    expect(page.locator("#error-concurrency")).to_contain_text("at least 1")
+    expect(page.locator("#error-concurrency")).to_have_text("Concurrency levels: level 2 must be at least 1")
     expect(page.locator("#sf-concurrency")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#form-errors")).to_contain_text("see the fields marked below")
     assert page.url.endswith("/stress-tests/new?model=sim-fast")  # no navigation, nothing typed is lost
@@ -77,7 +77,7 @@ def test_validation_errors_are_shown_next_to_their_fields(page: Page, e2e_app: A
 
     page.locator("#sf-concurrency").fill("1, 2")
     page.locator("#sf-submit").click()
-    expect(page.locator("#error-prompt")).to_contain_text("required with dataset 'prompt'")
+    expect(page.locator("#error-prompt")).to_have_text("Prompt: required with the “Fixed prompt” dataset")
     expect(page.locator("#error-concurrency")).to_be_empty()
     expect(page.locator("#sf-concurrency")).not_to_have_attribute("aria-invalid", "true")
 
@@ -88,7 +88,8 @@ def test_validation_errors_are_shown_next_to_their_fields(page: Page, e2e_app: A
     page.locator("#sf-manual-model").fill("m")
     page.locator("#sf-prompt").fill("hello")
     page.locator("#sf-submit").click()
-    expect(page.locator("#error-manual_url")).to_contain_text("http:// or https://")
+    expect(page.locator("#error-manual_url")).to_have_text(
+        "Base URL or chat completions URL: must be an http:// or https:// URL")
     screenshot(page, "stress-form-validation")
 
 
