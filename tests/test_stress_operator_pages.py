@@ -344,3 +344,30 @@ def test_form_errors_are_sentences_naming_the_form_label(api_field: str, api_mes
     one = ApiError(f"{api_field}: {api_message}", field=api_field)
     listed = ApiError("x", details={"errors": [{"field": api_field, "message": api_message}]})
     assert form_errors(one) == form_errors(listed) == {slot: [shown]}
+
+
+def test_the_form_knows_the_timings_of_manual_endpoints_too(app: Flask, client: FlaskClient) -> None:
+    target = {"kind": "manual", "key": "manual:Qwen/Qwen3-8B", "provider": "openai", "model_id": "Qwen/Qwen3-8B",
+              "name": "Qwen/Qwen3-8B", "base_url": "http://127.0.0.1:9/v1", "api_url": None,
+              "chat_url": "http://127.0.0.1:9/v1/chat/completions", "api_key_given": False}
+    job_id = add_job(app, model="manual:Qwen/Qwen3-8B", target=target)
+    add_level(app, job_id, 0, 1, succeeded=3, failed=0)
+    form = client.get(f"/stress-tests/new?from_job={job_id}").text
+    data = json.loads(form.split('<script type="application/json" id="sf-data">', 1)[1].split("</script>", 1)[0])
+    assert data["timings"]["manual:Qwen/Qwen3-8B"]["job"] == job_id
+
+
+def test_a_playground_run_too_long_for_a_link_gives_its_prompt_and_system_prompt(app: Flask,
+                                                                                 client: FlaskClient) -> None:
+    from backend.inference.models import InferenceRun
+
+    with app.app_context():
+        db.session.add(InferenceRun(id="run456", prompt="P" * 5000, system="S" * 3000, params={"max_tokens": 99},
+                                    models=["sim-fast"], status="completed"))
+        db.session.commit()
+    form = client.get("/stress-tests/new?from=playground&model=sim-fast&run=run456&max_tokens=99").text
+    fields = form_fields(form, "stress-form")
+    assert (fields["prompt"], fields["system"], fields["output_tokens"]) == ("P" * 5000, "S" * 3000, "99")
+    assert notes(form)[0].startswith("From the playground: the model (sim-fast), the prompt, the system prompt and "
+                                     "max tokens 99 as Output tokens.")
+

@@ -369,12 +369,18 @@ def _form_context(values: dict[str, Any], errors: dict[str, list[str]], notes: I
         "prefilled": dict(prefilled or {}), "labels": FORM_LABELS,
         "presets": PRESETS, "datasets": DATASETS, "uploads": datasets.list_datasets(),
         "tokenizers": list(available_tokenizers(settings)), "manual": MANUAL,
-        "timings": service.latest_timings([model["key"] for model in models]),
+        "timings": service.latest_timings([model["key"] for model in models] + _manual_keys()),
         "overhead": service.startup_overhead(float(settings["level_pause_s"])),
         "limits": {key: int(settings[key]) for key in ("max_parallel", "max_levels", "max_requests", "max_tokens",
                                                        "level_pause_s", "max_dataset_bytes")},
         "worker_alive": service.worker_alive(settings),
     }
+
+
+def _manual_keys() -> list[str]:
+    """The keys under which jobs of manual endpoints are stored (``manual:<model name>``), for estimates."""
+    return list(db.session.scalars(select(StressJob.model_key).distinct()
+                                   .where(StressJob.model_key.startswith("manual:")).limit(200)))
 
 
 def _join(items: list[str]) -> str:
@@ -384,7 +390,7 @@ def _join(items: list[str]) -> str:
 def _from_link(args: Mapping[str, str]) -> tuple[dict[str, Any], list[str], dict[str, str]]:
     """The form prefilled from a link: the playground's "Stress-test this prompt" sends ``from=playground``,
     ``model`` (or ``manual_url`` and ``manual_model``), ``prompt``, and when set ``system``, ``max_tokens``
-    and ``temperature``; ``run=<playground run id>`` stands for its prompt."""
+    and ``temperature``; ``run=<playground run id>`` stands for its prompt and system prompt."""
     values = _default_values()
     source = "the playground" if args.get("from") == "playground" or args.get("run") else "the link"
     came: list[str] = []
@@ -402,18 +408,18 @@ def _from_link(args: Mapping[str, str]) -> tuple[dict[str, Any], list[str], dict
         came.append("the manual endpoint's URL and model name (not its API key: type it again if it needs one)")
         prefilled.update(manual_url=f"from {source}", manual_model=f"from {source}",
                          manual_key="not copied: type it again if the endpoint needs one")
-    prompt = args.get("prompt")
-    if prompt is None and args.get("run"):
+    prompt, system = args.get("prompt"), args.get("system")
+    if prompt is None and args.get("run"):  # texts too long for a link: read from the stored run
         run = inference_service.get_run(args["run"])
         if run is None:
             notes.append(f"There is no playground run {args['run']}.")
         else:
             prompt = run.prompt
+            system = run.system if system is None else system
     if prompt is not None and prompt.strip():
         values.update(dataset="prompt", prompt=prompt[:MAX_QUERY_PROMPT], preset="")
         came.append("the prompt")
         prefilled["prompt"] = f"from {source}"
-    system = args.get("system")
     if system is not None and system.strip():
         values.update(dataset="prompt", system=system[:MAX_QUERY_PROMPT], preset="")
         came.append("the system prompt")

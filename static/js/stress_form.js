@@ -180,8 +180,13 @@
    * level (its measured and warm-up requests over its concurrency), plus evalscope's pause between levels
    * and the start-up overhead measured on the latest completed job. Latency only grows with load, so the
    * real run takes about this long or longer; with no earlier job of this model there is no estimate. */
+  function timingKey() {
+    // Jobs of a manual endpoint are stored under "manual:<model name>".
+    return els.target.value === "__manual__" ? `manual:${$("#sf-manual-model").value.trim()}` : els.target.value;
+  }
+
   function estimateDuration(levels, counts) {
-    const timing = data.timings[els.target.value];
+    const timing = data.timings[timingKey()];
     if (!timing) return null;
     const output = Number(els.outputTokens.value);
     let perRequest = timing.latency_s;
@@ -378,6 +383,7 @@
     }
   });
   els.target.addEventListener("change", () => { updateTarget(); checkField(els.target); checkField(els.outputTokens); updateEstimate(); });
+  $("#sf-manual-model").addEventListener("input", updateEstimate);
   els.dataset.addEventListener("change", () => { updateDataset(); updateEstimate(); });
   els.warmup.addEventListener("change", () => { updateEstimate(); checkField(els.warmupCount); });
   els.upload.addEventListener("click", upload);
