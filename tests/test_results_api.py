@@ -127,3 +127,18 @@ def test_results_page_escapes_and_links(app: Flask, client: Any) -> None:
     assert client.get("/results/nope").status_code == 404
     report = client.get("/api/v1/results/xss1/export?format=html").text
     assert "<script>alert(1)" not in report
+
+
+def test_the_report_embeds_the_same_plotly_version_as_the_pages() -> None:
+    import re
+
+    from backend.results.export import REPORT_PLOTLY
+    from backend.web import plotly_js_path
+
+    def version(path: Any) -> str:
+        head = path.read_text(encoding="utf-8")[:400]
+        found = re.search(r"plotly\.js.*?v(\d+\.\d+\.\d+)", head, re.S)
+        assert found, head
+        return found.group(1)
+
+    assert version(REPORT_PLOTLY) == version(plotly_js_path())

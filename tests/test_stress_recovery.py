@@ -116,6 +116,10 @@ def assert_completed_once(app: Flask, job: dict[str, Any]) -> None:
     assert job["error"] is None and job["failed_requests"] == 0
     assert [(lv["concurrency"], lv["requests"], lv["succeeded"]) for lv in job["levels"]] == [(1, 2, 2), (2, 4, 4)]
     assert level_rows(app, job["id"]) == [(0, 1, 2), (1, 2, 4)]
+    with sqlite3.connect(app.config["PEP"]["database"]["path"]) as connection:
+        per_level = connection.execute("SELECT position, count(*) FROM stress_requests WHERE job_id = ? "
+                                       "GROUP BY position ORDER BY position", (job["id"],)).fetchall()
+    assert per_level == [(0, 2), (1, 4)]  # every request once, however often a worker died
 
 
 def test_killed_before_the_first_level_ends(stack: tuple[Flask, Any, Workers]) -> None:
@@ -168,13 +172,13 @@ DIES_WHILE_INGESTING = textwrap.dedent("""
     from pathlib import Path
     from backend.db import db
     from backend.stress import worker
-    from backend.stress.models import StressLevel
 
     ingest, marker = worker.Worker._ingest_levels, Path(sys.argv[1])
 
     def ingest_then_die(self, running, *, final):
+        before = set(running.ingested)
         ingest(self, running, final=final)
-        if any(isinstance(row, StressLevel) for row in db.session.new):
+        if running.ingested - before:  # this worker added a level (and its requests) to the transaction
             db.session.flush()  # the level row is in the database, in a transaction never committed
             marker.write_text("flushed")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -193,6 +197,8 @@ def test_killed_while_ingesting_a_level(stack: tuple[Flask, Any, Workers], tmp_p
     wait_for(lambda: first.poll() is not None, 60, "the worker to die in the middle of ingesting")
     assert first.returncode == -signal.SIGKILL and marker.read_text() == "flushed"
     assert level_rows(app, job_id) == []  # what it flushed was rolled back
+    with sqlite3.connect(app.config["PEP"]["database"]["path"]) as connection:
+        assert connection.execute("SELECT count(*) FROM stress_requests").fetchone()[0] == 0
     job = restart_and_finish(client, workers, job_id)
     assert_completed_once(app, job)
 

@@ -40,7 +40,8 @@ def export_job(job_id: str):  # type: ignore[no-untyped-def]
     if kind not in EXPORTS:
         raise ApiError(f"format: must be one of {', '.join(EXPORTS)}", field="format")
     job = service.finished_job(job_id)
-    results = service.job_results(job, slo_from_args(request.args, service.default_slo()))
+    table = service.load_requests(job.id)
+    results = service.job_results(job, slo_from_args(request.args, service.default_slo()), table)
     if kind == "csv":
         body = export.levels_csv(results)
     elif kind == "json":
@@ -48,7 +49,7 @@ def export_job(job_id: str):  # type: ignore[no-untyped-def]
     elif kind == "requests.csv":
         body = export.requests_csv(results, service.request_rows(job.id))
     else:
-        body = export.report_html(results)
+        body = export.report_html(results, table)
     media, suffix = EXPORTS[kind]
     response = Response(body, mimetype=media.split(";")[0], content_type=media)
     response.headers["Content-Disposition"] = f'attachment; filename="stress-{job.id}-{suffix}"'

@@ -10,8 +10,9 @@ from typing import Any
 
 from flask import render_template
 
+from backend.config import PROJECT_ROOT
 from backend.results.figures import level_figures, request_figures
-from backend.web import plotly_js_path
+from backend.results.service import RequestTable
 
 
 def _metric(name: str, quantile: str) -> Any:
@@ -38,6 +39,9 @@ LEVEL_COLUMNS: list[tuple[str, Any]] = [
     ("meets_slo", lambda lv: lv["slo"]["meets"]),
     ("usd_per_m_output_tokens", lambda lv: lv["cost"]["usd_per_m_output_tokens"]),
 ]
+# The report embeds plotly.js's cartesian bundle (scatter, box...: all the report draws), of the same version
+# as the plotly package's full bundle that pages load (static/vendor/README.md).
+REPORT_PLOTLY = PROJECT_ROOT / "static" / "vendor" / "plotly-cartesian" / "plotly-cartesian.min.js"
 REQUEST_COLUMNS = ("concurrency", "position", "seq", "start_s", "end_s", "success", "ttft_ms", "latency_s",
                    "tpot_ms", "itl_mean_ms", "itl_max_ms", "input_tokens", "output_tokens", "error")
 
@@ -75,9 +79,9 @@ def results_json(results: dict[str, Any]) -> str:
     return json.dumps(results, indent=2, allow_nan=False, default=str)
 
 
-def report_html(results: dict[str, Any]) -> str:
+def report_html(results: dict[str, Any], table: RequestTable) -> str:
     """One file: the tables, the figures' JSON and plotly.js itself, so that it opens with no network."""
-    figures = level_figures(results["levels"]) + request_figures(results["job"]["id"], results["levels"])
+    figures = level_figures(results["levels"]) + request_figures(table, results["levels"])
     return render_template("results/report.html", results=results,
                            figures_json=json.dumps(figures, allow_nan=False, default=str).replace("<", "\\u003c"),
-                           plotly_js=plotly_js_path().read_text(encoding="utf-8").replace("</script", "<\\/script"))
+                           plotly_js=REPORT_PLOTLY.read_text(encoding="utf-8").replace("</script", "<\\/script"))

@@ -1,5 +1,7 @@
-"""The results charts as plotly figures (JSON-ready dicts): built once here, drawn by plotly.js in the
-page (static/js/results.js) and inside the self-contained HTML report, so both show the same charts.
+"""The results charts as plotly figures (``{"data": [...], "layout": {...}}`` in plotly.js's JSON schema):
+built once here, drawn by plotly.js in the page (static/js/results.js) and inside the self-contained HTML
+report, so both show the same charts. They are written as plain dicts: building them through
+``plotly.graph_objects`` validated every attribute and cost ~50 ms a figure, more than serving the page.
 
 Per-request distributions are drawn from precomputed quartiles (a box per level), and the requests-over-
 time scatter from at most ``MAX_POINTS`` requests per level (every k-th by start), so a level of 10,000
@@ -8,36 +10,48 @@ requests costs a few KB, not a megabyte.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import plotly.graph_objects as go
 
-from backend.db import db
-from backend.results.models import StressRequest
+from backend.results.service import RequestTable
 
-MAX_POINTS = 1500
-LAYOUT = {"margin": {"l": 60, "r": 20, "t": 40, "b": 50}, "height": 320, "legend": {"orientation": "h", "y": -0.25},
-          "template": "plotly_white", "hovermode": "x unified"}
+MAX_POINTS = 400
 
-
-def _figure(title: str, traces: list[Any], x_title: str, y_title: str, **layout: Any) -> dict[str, Any]:
-    figure = go.Figure(data=traces)
-    figure.update_layout(title={"text": title, "x": 0, "font": {"size": 14}}, xaxis_title=x_title,
-                         yaxis_title=y_title, **{**LAYOUT, **layout})
-    return figure.to_plotly_json()
+LAYOUT: dict[str, Any] = {"margin": {"l": 60, "r": 20, "t": 40, "b": 50}, "height": 320,
+                          "legend": {"orientation": "h", "y": -0.25}, "hovermode": "x unified",
+                          "paper_bgcolor": "#ffffff", "plot_bgcolor": "#ffffff",
+                          "font": {"family": "system-ui, sans-serif", "size": 12}}
+GRID = {"gridcolor": "#e5e7eb", "zerolinecolor": "#d1d5db"}
 
 
-def _level_lines(levels: list[dict[str, Any]], series: list[tuple[str, Any]], title: str, y_title: str,
-                 **layout: Any) -> dict[str, Any]:
+def _clean(value: Any, digits: int = 5) -> float | None:
+    """A number for the chart: None for unknown (a gap in the line, never 0), a few significant digits."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.{digits}g}")
+
+
+def _figure(title: str, traces: list[dict[str, Any]], x_title: str, y_title: str, *,
+            xaxis: dict[str, Any] | None = None, yaxis: dict[str, Any] | None = None, **layout: Any) -> dict[str, Any]:
+    return {"data": traces,
+            "layout": {**LAYOUT, "title": {"text": title, "x": 0, "font": {"size": 14}},
+                       "xaxis": {"title": {"text": x_title}, **GRID, **(xaxis or {})},
+                       "yaxis": {"title": {"text": y_title}, **GRID, **(yaxis or {})}, **layout}}
+
+
+def _level_lines(levels: list[dict[str, Any]], series: list[tuple[str, Callable[[dict[str, Any]], Any]]],
+                 title: str, y_title: str, **layout: Any) -> dict[str, Any]:
     x = [level["concurrency"] for level in levels]
-    partial = ["partial" if not level["complete"] else "" for level in levels]
-    traces = [go.Scatter(x=x, y=[value(level) for level in levels], mode="lines+markers", name=name,
-                         text=partial, connectgaps=False) for name, value in series]
+    partial = ["partial level" if not level["complete"] else "" for level in levels]
+    traces = [{"type": "scatter", "mode": "lines+markers", "name": name, "x": x, "text": partial,
+               "y": [_clean(value(level)) for level in levels]} for name, value in series]
     return _figure(title, traces, "concurrency", y_title, xaxis={"type": "log", "tickvals": x}, **layout)
 
 
-def _metric(name: str, quantile: str) -> Any:
+def _metric(name: str, quantile: str) -> Callable[[dict[str, Any]], Any]:
     return lambda level: level["metrics"][name][quantile]
 
 
@@ -66,51 +80,45 @@ def level_figures(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
     knee = [level for level in levels if level["output_tokens_per_s"] is not None]
     figures.append(_figure(
         "Latency against throughput",
-        [go.Scatter(x=[lv["output_tokens_per_s"] for lv in knee], y=[lv["metrics"]["latency_s"]["p95"] for lv in knee],
-                    mode="lines+markers+text", text=[f"c={lv['concurrency']}" for lv in knee],
-                    textposition="top center", name="p95 latency")],
+        [{"type": "scatter", "mode": "lines+markers+text", "name": "p95 latency",
+          "x": [_clean(lv["output_tokens_per_s"]) for lv in knee],
+          "y": [_clean(lv["metrics"]["latency_s"]["p95"]) for lv in knee],
+          "text": [f"c={lv['concurrency']}" for lv in knee], "textposition": "top center"}],
         "output tokens/s", "p95 latency (s)", hovermode="closest"))
     return figures
 
 
-def _quartiles(values: np.ndarray) -> dict[str, float] | None:
+def _box(name: str, values: np.ndarray) -> dict[str, Any] | None:
+    """A box from precomputed quartiles (nearest rank), whiskers at the last values within 1.5 IQR."""
     if not len(values):
         return None
     q1, median, q3 = (float(v) for v in np.percentile(values, [25, 50, 75], method="inverted_cdf"))
     iqr = q3 - q1
     inside = values[(values >= q1 - 1.5 * iqr) & (values <= q3 + 1.5 * iqr)]
-    return {"q1": q1, "median": median, "q3": q3, "lowerfence": float(inside.min()),
-            "upperfence": float(inside.max()), "mean": float(values.mean())}
+    return {"type": "box", "name": name, "x": [name], "q1": [_clean(q1)], "median": [_clean(median)],
+            "q3": [_clean(q3)], "lowerfence": [_clean(float(inside.min()))],
+            "upperfence": [_clean(float(inside.max()))], "mean": [_clean(float(values.mean()))], "boxpoints": False}
 
 
-def request_figures(job_id: str, levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def request_figures(table: RequestTable, levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Distributions per level and each level's requests over time, from the per-request rows."""
-    rows = db.session.execute(
-        db.select(StressRequest.position, StressRequest.start_s, StressRequest.ttft_ms, StressRequest.latency_s)
-        .where(StressRequest.job_id == job_id, StressRequest.success.is_(True))
-        .order_by(StressRequest.position, StressRequest.seq)).all()
-    if not rows:
+    if not len(table.data):
         return []
-    data = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
-    by_position = {level["position"]: level for level in levels}
     ttft_boxes, latency_boxes, over_time = [], [], []
-    for position in np.unique(data[:, 0]).astype(int):
-        level = by_position.get(int(position))
-        if level is None:
+    for level in levels:
+        part = table.rows_of(level["position"])
+        part = part[part[:, 1] == 1.0]  # successful requests
+        if not len(part):
             continue
-        part = data[data[:, 0] == position]
         name = f"c={level['concurrency']}" + (" (partial)" if not level["complete"] else "")
-        for column, boxes in ((2, ttft_boxes), (3, latency_boxes)):
-            values = part[:, column][np.isfinite(part[:, column])]
-            stats = _quartiles(values)
-            if stats is not None:
-                boxes.append(go.Box(name=name, q1=[stats["q1"]], median=[stats["median"]], q3=[stats["q3"]],
-                                    lowerfence=[stats["lowerfence"]], upperfence=[stats["upperfence"]],
-                                    mean=[stats["mean"]], x=[name], boxpoints=False))
-        step = max(1, int(np.ceil(len(part) / MAX_POINTS)))
+        for column, boxes in ((3, ttft_boxes), (5, latency_boxes)):
+            values = part[:, column]
+            if (box := _box(name, values[np.isfinite(values)])) is not None:
+                boxes.append(box)
+        step = max(1, math.ceil(len(part) / MAX_POINTS))
         sample = part[::step]
-        over_time.append(go.Scatter(x=sample[:, 1], y=sample[:, 2], mode="markers", name=name,
-                                      marker={"size": 4}))
+        over_time.append({"type": "scatter", "mode": "markers", "name": name, "marker": {"size": 4},
+                          "x": [_clean(v, 4) for v in sample[:, 2]], "y": [_clean(v, 4) for v in sample[:, 3]]})
     return [
         _figure("TTFT distribution per level", ttft_boxes, "level", "TTFT (ms)", showlegend=False,
                 hovermode="closest"),

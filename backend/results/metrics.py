@@ -19,7 +19,6 @@ A figure that cannot be computed (no successful request, no streamed tokens) is 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,23 +49,30 @@ PERCENTILES = (50, 90, 95, 99)
 LIMITED = ("ttft_ms", "tpot_ms", "latency_s")  # per-request metrics an SLO may bound
 
 
-def percentile(values: Sequence[float], p: float) -> float | None:
+def _finite(values: Iterable[float | None] | np.ndarray) -> np.ndarray:
+    """The finite values as an array (None, NaN and infinities left out)."""
+    array = np.asarray(values if isinstance(values, np.ndarray) else list(values), dtype=float)
+    return array[np.isfinite(array)]
+
+
+def percentile(values: Sequence[float | None] | np.ndarray, p: float) -> float | None:
     """Nearest-rank percentile of ``values`` (None when there are none)."""
-    clean = [v for v in values if v is not None and math.isfinite(v)]
-    if not clean:
-        return None
-    return float(np.percentile(np.asarray(clean, dtype=float), p, method="inverted_cdf"))
+    clean = _finite(values)
+    return float(np.percentile(clean, p, method="inverted_cdf")) if len(clean) else None
 
 
-def mean(values: Iterable[float | None]) -> float | None:
-    clean = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(clean) / len(clean) if clean else None
+def mean(values: Iterable[float | None] | np.ndarray) -> float | None:
+    clean = _finite(values)
+    return float(clean.mean()) if len(clean) else None
 
 
-def distribution(values: Sequence[float | None]) -> dict[str, float | None]:
+def distribution(values: Sequence[float | None] | np.ndarray) -> dict[str, float | None]:
     """avg and the percentiles of ``values`` (None entries are left out)."""
-    clean = [v for v in values if v is not None and math.isfinite(v)]
-    return {"avg": mean(clean), **{f"p{p}": percentile(clean, p) for p in PERCENTILES}}
+    clean = _finite(values)
+    if not len(clean):
+        return {"avg": None, **{f"p{p}": None for p in PERCENTILES}}
+    quantiles = np.percentile(clean, PERCENTILES, method="inverted_cdf")
+    return {"avg": float(clean.mean()), **{f"p{p}": float(q) for p, q in zip(PERCENTILES, quantiles, strict=True)}}
 
 
 # --- service level objectives --------------------------------------------------------------------
@@ -254,7 +260,8 @@ def capacity(levels: Sequence[Mapping[str, Any]], verdicts: Sequence[Verdict]) -
 # --- levels from per-request rows (a level cut short has no evalscope summary) ------------------
 
 
-def level_from_requests(requests: Sequence[Mapping[str, Any]], gaps_ms: Sequence[float]) -> dict[str, Any]:
+def level_from_requests(requests: Sequence[Mapping[str, Any]], gaps_ms: Sequence[float] | np.ndarray
+                        ) -> dict[str, Any]:
     """The figures of a level computed from its per-request rows, in the shape of
     ``backend.stress.outputs.level_result``; ``gaps_ms`` are every inter-token gap of its requests."""
     ok = [r for r in requests if r.get("success")]

@@ -56,8 +56,9 @@ def job(job_id: str):  # type: ignore[no-untyped-def]
         slo = slo_from_args(request.args, service.default_slo())
     except ApiError as exc:
         problem, slo = exc.message, service.default_slo()
-    results = service.job_results(row, slo)
-    figures = level_figures(results["levels"]) + request_figures(row.id, results["levels"])
+    table = service.load_requests(row.id)
+    results = service.job_results(row, slo, table)
+    figures = level_figures(results["levels"]) + request_figures(table, results["levels"])
     slo_query = {name: request.args[name] for name in BOUNDS if name in request.args and not problem}
     return render_template("results/job.html", title=f"Results of {row.id}", results=results, problem=problem,
                            slo_query=slo_query,

@@ -106,7 +106,7 @@ def level_result(summary: dict[str, Any], percentiles: list[dict[str, Any]] | No
     for ours, (summary_names, percentile_names, unit) in _METRICS.items():
         avg = _in(*_find(summary, *summary_names), unit) if succeeded else None
         entry: dict[str, float | None] = {"avg": avg}
-        for label, key in (("50%", "p50"), ("90%", "p90"), ("99%", "p99")):
+        for label, key in (("50%", "p50"), ("90%", "p90"), ("95%", "p95"), ("99%", "p99")):
             row = by_label.get(label)
             entry[key] = _in(*_find(row, *percentile_names), unit) if row and succeeded else None
         metrics[ours] = entry

@@ -54,6 +54,8 @@ from sqlalchemy import func, select
 
 from backend.config import PROJECT_ROOT
 from backend.db import db
+from backend.results.ingest import read_level_file, store_requests
+from backend.results.metrics import level_from_requests
 from backend.stress import secrets
 from backend.stress.command import CommandError, JobPaths, build_command, job_paths
 from backend.stress.datasets import stored_path
@@ -418,7 +420,9 @@ class Worker:
         return {"phase": "warmup", "warmup": warmup} if warmup else {"phase": "first"}
 
     def _ingest_levels(self, running: Running, *, final: bool) -> None:
-        """Result rows for levels whose summary and percentile files are both written, each level once.
+        """Result rows for levels whose summary and percentile files are both written, each level once,
+        with the level's per-request rows in the same transaction. When the job has ended (``final``),
+        a level cut short (no summary) gets a row computed from the requests it finished, marked partial.
 
         ``running.ingested`` is what this worker knows to be stored; before a level is added, the
         database is asked too (a worker that re-attached, or one that died after its commit), and the
@@ -431,14 +435,19 @@ class Worker:
             directory = running.paths.level_dir(level, count)
             summary = read_json(directory / "benchmark_summary.json")
             percentiles = read_json(directory / "benchmark_percentile.json")
-            if not isinstance(summary, dict) or (percentiles is None and not final):
+            requests = None
+            if isinstance(summary, dict) and (percentiles is not None or final):
+                result, complete = level_result(summary, percentiles if isinstance(percentiles, list) else None), True
+            elif final and (requests := read_level_file(directory / "benchmark_data.db")) is not None \
+                    and requests.rows:
+                result, complete = level_from_requests(requests.rows, requests.gaps_ms), False
+            else:
                 continue
             if stored is None:
                 stored = stored_positions(running.job_id)
             if index in stored:
                 running.ingested.add(index)
                 continue
-            result = level_result(summary, percentiles if isinstance(percentiles, list) else None)
             db.session.add(StressLevel(job_id=running.job_id, position=index, concurrency=level,
                                        requests=result["requests"] or count, succeeded=result["succeeded"],
                                        failed=result["failed"], duration_s=result["duration_s"],
@@ -447,7 +456,12 @@ class Worker:
                                        total_tokens_per_s=result["total_tokens_per_s"],
                                        avg_input_tokens=result["avg_input_tokens"],
                                        avg_output_tokens=result["avg_output_tokens"], metrics=result["metrics"],
-                                       raw_summary=summary, raw_percentiles=percentiles or []))
+                                       raw_summary=summary if complete else {},
+                                       raw_percentiles=(percentiles or []) if complete else [], complete=complete))
+            if requests is None:
+                requests = read_level_file(directory / "benchmark_data.db")
+            if requests is not None:
+                store_requests(db.session, running.job_id, index, requests.rows)
             running.ingested.add(index)
 
     # -- ending --
@@ -464,7 +478,7 @@ class Worker:
         succeeded = sum(level.succeeded for level in levels)
         failed = sum(level.failed for level in levels)
         requested = sum(level.requests for level in levels)
-        all_levels = {level.position for level in levels} == set(range(len(running.levels)))
+        all_levels = {level.position for level in levels if level.complete} == set(range(len(running.levels)))
         progress = read_progress(running.paths.progress_path)
         ran_to_end = exit_code == 0 or (exit_code is None and progress is not None and progress.status == "completed"
                                         and interrupted_reason is None)
@@ -485,7 +499,7 @@ class Worker:
             status = JobStatus.INTERRUPTED
             error = interrupted_reason or "the evalscope process ended while no worker was watching it"
         elif ran_to_end:
-            stored = {level.position for level in levels}
+            stored = {level.position for level in levels if level.complete}
             missing = [str(level) for i, level in enumerate(running.levels) if i not in stored]
             status, error = JobStatus.FAILED, f"evalscope ended without results for concurrency {', '.join(missing)}"
         else:
