@@ -284,7 +284,10 @@
       if (option.value) option.hidden = option.dataset.format !== dataset;
     }
     if (els.datasetFile.selectedOptions[0]?.hidden) els.datasetFile.value = "";
-    els.datasetNote.textContent = els.dataset.selectedOptions[0]?.title || "";
+    let note = els.dataset.selectedOptions[0]?.title || "";
+    const system = $("#sf-system");
+    if (dataset !== "prompt" && system.value.trim()) note += ". The system prompt is sent only with a fixed prompt: this dataset's requests go without it.";
+    els.datasetNote.textContent = note;
   }
 
   // --- presets -----------------------------------------------------------------------------------

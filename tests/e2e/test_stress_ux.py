@@ -125,10 +125,14 @@ def test_no_estimate_for_values_the_server_refuses(page: Page, e2e_app: AppServe
 
 
 def test_the_input_length_shows_only_for_random_prompts(page: Page, e2e_app: AppServer) -> None:
-    open_form(page, e2e_app)
+    open_form(page, e2e_app, "?from=playground&model=sim-fast&prompt=hi&system=Be%20brief.")
     expect(page.locator("#sf-input-tokens")).to_be_hidden()
+    expect(page.locator("#sf-system")).to_have_value("Be brief.")
     page.locator("#sf-dataset").select_option("random")
     expect(page.locator("#sf-input-tokens")).to_be_visible()
+    # The system prompt goes only with a fixed prompt, and the page says so rather than dropping it quietly.
+    expect(page.locator("#sf-system")).to_be_hidden()
+    expect(page.locator("#sf-dataset-note")).to_contain_text("The system prompt is sent only with a fixed prompt")
     page.locator("#sf-dataset").select_option("line_by_line")
     expect(page.locator("#sf-input-tokens")).to_be_hidden()
 
