@@ -280,7 +280,7 @@ def test_a_finished_job_shows_its_estimate_against_what_it_took(app: Flask, clie
     data = json.loads(form.split('<script type="application/json" id="sf-data">', 1)[1].split("</script>", 1)[0])
     assert data["overhead"] == {"job": earlier, "seconds": round(overhead, 1)}
     assert data["timings"]["sim-fast"] == {"job": earlier, "concurrency": 1, "latency_s": latency, "ttft_ms": ttft,
-                                           "tpot_ms": tpot, "output_tokens": 32}
+                                           "tpot_ms": tpot, "avg_output_tokens": 32.0, "output_tokens": 32}
 
     # A job with no completed job of its model before it has no estimate, and says so.
     first = add_job(app, model="sim-slow", created_at=now - timedelta(hours=1))
@@ -370,4 +370,18 @@ def test_a_playground_run_too_long_for_a_link_gives_its_prompt_and_system_prompt
     assert (fields["prompt"], fields["system"], fields["output_tokens"]) == ("P" * 5000, "S" * 3000, "99")
     assert notes(form)[0].startswith("From the playground: the model (sim-fast), the prompt, the system prompt and "
                                      "max tokens 99 as Output tokens.")
+
+
+def test_the_estimate_counts_answers_as_long_as_the_model_makes_them(app: Flask) -> None:
+    """A limit of 256 tokens to a model whose answers stopped at 40 of an earlier limit of 100 makes 40-token
+    answers; forced to 256 (min_tokens), they are 256 long."""
+    from backend.stress import service
+
+    timing = {"latency_s": 1.0, "ttft_ms": 30.0, "tpot_ms": 10.0, "avg_output_tokens": 40.0, "output_tokens": 100}
+    params = {"concurrency": [2], "requests": [10], "output_tokens": 256, "warmup": 0}
+    assert service.estimate_seconds(params, timing, 3.0, PAUSE_S) == pytest.approx(3.0 + 5 * (30 + 10 * 39) / 1000)
+    forced = {**params, "exact_output_tokens": True}
+    assert service.estimate_seconds(forced, timing, 3.0, PAUSE_S) == pytest.approx(3.0 + 5 * (30 + 10 * 255) / 1000)
+    at_limit = {**timing, "avg_output_tokens": 100.0}  # answers cut at the limit: their length is unknown
+    assert service.estimate_seconds(params, at_limit, 3.0, PAUSE_S) == pytest.approx(3.0 + 5 * (30 + 10 * 255) / 1000)
 

@@ -322,7 +322,7 @@ def _level_timing(level: StressLevel) -> dict[str, Any] | None:
     if latency is None:
         return None
     return {"concurrency": level.concurrency, "latency_s": latency, "ttft_ms": data["ttft_ms"].get("avg"),
-            "tpot_ms": data["tpot_ms"].get("avg")}
+            "tpot_ms": data["tpot_ms"].get("avg"), "avg_output_tokens": level.avg_output_tokens}
 
 
 def _completed_jobs(model_keys: list[str] | None, before: Any = None, limit: int = 200) -> list[StressJob]:
@@ -372,10 +372,20 @@ def startup_overhead(pause_s: float, before: Any = None) -> dict[str, Any] | Non
     return None
 
 
-def per_request_s(timing: dict[str, Any], output_tokens: int) -> float:
-    """One request's latency at low load, rescaled to ``output_tokens`` through TTFT and TPOT when known."""
-    if timing.get("tpot_ms") is not None and timing.get("ttft_ms") is not None and output_tokens > 0:
-        return (timing["ttft_ms"] + timing["tpot_ms"] * max(output_tokens - 1, 0)) / 1000.0
+def expected_output_tokens(timing: dict[str, Any], output_tokens: int, exact: bool) -> float:
+    """How many tokens an answer will have: ``output_tokens`` is a limit, and when the earlier job's answers
+    stopped by themselves short of its own limit, their mean length is what the model says (at most the limit)."""
+    natural, limit = timing.get("avg_output_tokens"), timing.get("output_tokens")
+    if exact or natural is None or not limit or natural >= 0.95 * limit:
+        return float(output_tokens)
+    return min(float(output_tokens), float(natural))
+
+
+def per_request_s(timing: dict[str, Any], output_tokens: int, exact: bool = False) -> float:
+    """One request's latency at low load, rescaled to the expected answer length through TTFT and TPOT."""
+    tokens = expected_output_tokens(timing, output_tokens, exact)
+    if timing.get("tpot_ms") is not None and timing.get("ttft_ms") is not None and tokens > 0:
+        return (timing["ttft_ms"] + timing["tpot_ms"] * max(tokens - 1, 0)) / 1000.0
     return float(timing["latency_s"])
 
 
@@ -384,7 +394,7 @@ def estimate_seconds(params: dict[str, Any], timing: dict[str, Any], overhead_s:
     the start-up overhead, the pauses between levels, and per level the number of request "waves"
     (measured and warm-up requests over the concurrency) times one request's latency at low load."""
     levels, counts = params["concurrency"], params["requests"]
-    one = per_request_s(timing, int(params["output_tokens"]))
+    one = per_request_s(timing, int(params["output_tokens"]), bool(params.get("exact_output_tokens")))
     seconds = overhead_s + pause_s * max(len(levels) - 1, 0)
     for level, count in zip(levels, counts, strict=True):
         seconds += math.ceil((count + warmup_requests(params.get("warmup", 0), level)) / level) * one

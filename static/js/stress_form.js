@@ -18,7 +18,7 @@
   const els = {
     target: $("#sf-target"), targetNote: $("#sf-target-note"), manual: $("#sf-manual"),
     concurrency: $("#sf-concurrency"), requests: $("#sf-requests"), inputTokens: $("#sf-input-tokens"),
-    outputTokens: $("#sf-output-tokens"), temperature: $("#sf-temperature"), stream: $("#sf-stream"),
+    outputTokens: $("#sf-output-tokens"), temperature: $("#sf-temperature"), stream: $("#sf-stream"), exact: $("#sf-exact"),
     warmup: $("#sf-warmup"), warmupCount: $("#sf-warmup-count"), warmupNote: $("#sf-warmup-note"),
     dataset: $("#sf-dataset"), datasetNote: $("#sf-dataset-note"), prompt: $("#sf-prompt"),
     datasetFile: $("#sf-dataset-file"), uploadFile: $("#sf-upload-file"), upload: $("#sf-upload"),
@@ -188,7 +188,13 @@
   function estimateDuration(levels, counts) {
     const timing = data.timings[timingKey()];
     if (!timing) return null;
-    const output = Number(els.outputTokens.value);
+    // The output length is a limit: when the earlier job's answers stopped short of its own, they say how long
+    // the model's answers are (service.expected_output_tokens).
+    let output = Number(els.outputTokens.value);
+    const natural = timing.avg_output_tokens;
+    if (!els.exact.checked && natural != null && timing.output_tokens && natural < 0.95 * timing.output_tokens) {
+      output = Math.min(output, natural);
+    }
     let perRequest = timing.latency_s;
     if (timing.tpot_ms != null && timing.ttft_ms != null && output > 0) {
       perRequest = (timing.ttft_ms + timing.tpot_ms * Math.max(output - 1, 0)) / 1000;
@@ -197,7 +203,7 @@
     const startup = data.overhead ? data.overhead.seconds : 0;
     let requests = 0;
     levels.forEach((level, i) => { requests += Math.ceil((counts[i] + warmupFor(level)) / level) * perRequest; });
-    return { seconds: startup + pauses + requests, requests, pauses, startup, perRequest, timing };
+    return { seconds: startup + pauses + requests, requests, pauses, startup, perRequest, timing, output };
   }
 
   function noFigures(message) {
@@ -240,6 +246,9 @@
     const estimate = estimateDuration(levels, counts);
     if (estimate) {
       const parts = [`${formatDuration(estimate.requests)} of requests (${estimate.perRequest.toFixed(2)} s each at low load, from job ${estimate.timing.job})`];
+      if (estimate.output < Number(els.outputTokens.value)) {
+        parts[0] += ` for answers of about ${Math.round(estimate.output)} tokens, as that job's stopped by themselves`;
+      }
       if (estimate.pauses) parts.push(`${formatDuration(estimate.pauses)} of pauses between levels`);
       if (data.overhead) parts.push(`${formatDuration(estimate.startup)} of start-up and reports (measured on job ${data.overhead.job})`);
       els.estDuration.textContent = `≈ ${formatDuration(estimate.seconds)} or more: ${parts.join(", ")}. `
@@ -389,6 +398,7 @@
   $("#sf-manual-model").addEventListener("input", updateEstimate);
   els.dataset.addEventListener("change", () => { updateDataset(); updateEstimate(); });
   els.warmup.addEventListener("change", () => { updateEstimate(); checkField(els.warmupCount); });
+  els.exact.addEventListener("change", updateEstimate);
   els.upload.addEventListener("click", upload);
   // Refuse before sending what the server would refuse (capture: before htmx's own submit handler).
   form.addEventListener("submit", (event) => { if (refuse(event)) event.stopImmediatePropagation(); }, true);

@@ -131,7 +131,8 @@
       const finished = Boolean(result) || (index < current) || (job.is_finished && doneHere >= count);
       const state = finished ? "done" : index === current && !isFinished(status) ? "running" : "pending";
       // Succeeded and failed: the level's results once stored, the latest live sample before that.
-      const live = liveCounts.get(level);
+      const seen = liveCounts.get(level);
+      const live = seen && seen.ok + seen.errors > 0 ? seen : null; // a sample taken as the level began says nothing
       const ok = result ? result.succeeded : live ? live.ok : null;
       const failed = result ? result.failed : live ? live.errors : null;
       const outcome = ok == null ? "unknown" : !failed ? "ok" : ok ? "mixed" : "bad";

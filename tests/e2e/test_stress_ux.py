@@ -151,6 +151,11 @@ def test_a_prompt_file_can_be_uploaded_from_the_form(page: Page, e2e_app: AppSer
 # --- 9: the estimate counts start-up, pauses and warm-up ----------------------------------------
 
 
+def js_round(x: float) -> int:
+    """JavaScript's Math.round (halves go up; Python's round goes to the even neighbour)."""
+    return math.floor(x + 0.5)
+
+
 def test_the_estimate_counts_start_up_pauses_and_warm_up(page: Page, e2e_app: AppServer, rows: Flask) -> None:
     # The latest completed job (dated ahead, so that it stays the latest whatever else ran): sim-reasoning.
     ahead = datetime.now(UTC) + timedelta(days=365)
@@ -159,7 +164,9 @@ def test_the_estimate_counts_start_up_pauses_and_warm_up(page: Page, e2e_app: Ap
                "ttft_ms": {"avg": ttft, "p50": ttft, "p90": ttft, "p99": ttft},
                "tpot_ms": {"avg": tpot, "p50": tpot, "p90": tpot, "p99": tpot},
                "itl_ms": {"avg": tpot, "p50": tpot, "p90": tpot, "p99": tpot}}
-    job = add_job(rows, model="sim-reasoning", params={"concurrency": [1], "requests": [5], "warmup": 0},
+    # Its answers stopped by themselves at 32 tokens (add_level's mean) of a limit of 100.
+    job = add_job(rows, model="sim-reasoning", params={"concurrency": [1], "requests": [5], "warmup": 0,
+                                                       "output_tokens": 100},
                   created_at=ahead, started_at=ahead, finished_at=ahead + timedelta(seconds=14))
     try:
         add_level(rows, job, 0, 1, succeeded=5, failed=0, duration_s=6.5, metrics=metrics)
@@ -168,18 +175,26 @@ def test_the_estimate_counts_start_up_pauses_and_warm_up(page: Page, e2e_app: Ap
         page.locator("#sf-concurrency").fill("1, 4")
         page.locator("#sf-requests").fill("8, 16")
         fill_number(page, "#sf-output-tokens", "40")
-        one = (ttft + tpot * 39) / 1000
+        one = (ttft + tpot * (32 - 1)) / 1000  # answers of 32 tokens: the model's own length, under the limit of 40
         waves = math.ceil((8 + 1) / 1) + math.ceil((16 + 4) / 4)  # warm-up: one per concurrency slot
         seconds = overhead + PAUSE_S + waves * one
         expect(page.locator("#sf-estimate-levels")).to_have_text(
             "8 at concurrency 1 · 16 at concurrency 4 · plus 5 warm-up requests, not counted")
         text = page.locator("#sf-estimate-duration").text_content() or ""
-        assert text.startswith(f"≈ {round(seconds)} s or more: {round(waves * one)} s of requests "
-                               f"({one:.2f} s each at low load, from job {job}), {PAUSE_S} s of pauses between levels, "
-                               f"{round(overhead)} s of start-up and reports (measured on job {job})."), text
+        assert text.startswith(f"≈ {js_round(seconds)} s or more: {js_round(waves * one)} s of requests "
+                               f"({one:.2f} s each at low load, from job {job}) for answers of about 32 tokens, as "
+                               f"that job's stopped by themselves, {PAUSE_S} s of pauses between levels, "
+                               f"{js_round(overhead)} s of start-up and reports (measured on job {job})."), text
+        # Forced to 40 tokens, the answers are 40 long; without warm-up, fewer waves.
+        page.locator("#sf-exact").check()
+        one = (ttft + tpot * (40 - 1)) / 1000
+        total = js_round(overhead + PAUSE_S + waves * one)
+        expect(page.locator("#sf-estimate-duration")).to_contain_text(
+            f"≈ {total} s or more: {js_round(waves * one)} s of requests ({one:.2f} s")
         page.locator("#sf-warmup").select_option("none")
         waves = math.ceil(8 / 1) + math.ceil(16 / 4)
-        expect(page.locator("#sf-estimate-duration")).to_contain_text(f"≈ {round(overhead + PAUSE_S + waves * one)} s")
+        total = js_round(overhead + PAUSE_S + waves * one)
+        expect(page.locator("#sf-estimate-duration")).to_contain_text(f"≈ {total} s or more")
     finally:
         delete_jobs(rows, job)
 
