@@ -14,7 +14,7 @@ def test_migrations_build_an_empty_database(app: Flask, tmp_path: Path) -> None:
         journal = connection.execute("PRAGMA journal_mode").fetchone()[0]
     assert {"inference_runs", "inference_results", "alembic_version"} <= tables
     assert {"stress_jobs", "stress_levels", "stress_samples", "stress_datasets", "stress_workers"} <= tables
-    assert version == "0004_stress_requests"
+    assert version == "0005_level_columns"
     assert journal == "wal"
 
 

@@ -45,6 +45,26 @@ def test_job_results_by_hand(client: Any, sweep: str) -> None:
     assert summary["cost_at_capacity"]["usd_per_m_output_tokens"] == pytest.approx(1.212 / (3600 * 400) * 1e6)
 
 
+def test_packed_arrays_and_rows_give_the_same_results(app: Flask, client: Any) -> None:
+    """Levels stored before packed arrays existed are read from their rows: the same figures either way."""
+    def sweep(job_id: str, packed: bool) -> None:
+        add_job(app, job_id, [level(1, [ok(100.0 + i, start=i * 0.5) for i in range(10)]),
+                              level(4, [ok(200.0 + 3 * i) for i in range(9)] + [failed()])], packed=packed)
+
+    sweep("packed1", True)
+    sweep("rows1", False)
+    packed, rows = (client.get(f"/api/v1/results/{job_id}").json for job_id in ("packed1", "rows1"))
+    assert packed["levels"] == rows["levels"] and packed["summary"] == rows["summary"]
+
+
+    def figures(job_id: str) -> list:
+        page = client.get(f"/results/{job_id}").text
+        return json.loads(page.split('id="figures-data">', 1)[1].split("</script>", 1)[0])
+
+    drawn = figures("packed1")
+    assert len(drawn) == 10 and drawn == figures("rows1")
+
+
 def test_an_slo_given_in_the_query(client: Any, sweep: str) -> None:
     loose = client.get(f"/api/v1/results/{sweep}?ttft_ms=1000&error_rate=0.2").json
     assert [lv["slo"]["meets"] for lv in loose["levels"]] == [True, True, True]

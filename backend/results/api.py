@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from backend.errors import ApiError
-from backend.results import export, service
+from backend.results import compare, export, service
 from backend.results.slo_args import slo_from_args
 from backend.validation import MAX_OFFSET, int_arg
 
@@ -26,6 +26,31 @@ def list_results():  # type: ignore[no-untyped-def]
                                         since=args.get("since") or None, until=args.get("until") or None,
                                         text=args.get("q") or None, limit=int_arg("limit", 50, 1, 500),
                                         offset=int_arg("offset", 0, 0, MAX_OFFSET)))
+
+
+@bp.get("/compare")
+def compare_jobs():  # type: ignore[no-untyped-def]
+    return jsonify(_comparison())
+
+
+@bp.get("/compare/export", endpoint="compare_export")
+def export_comparison():  # type: ignore[no-untyped-def]
+    kind = request.args.get("format", "")
+    if kind not in ("csv", "json", "html"):
+        raise ApiError("format: must be one of csv, json, html", field="format")
+    comparison = _comparison()
+    body = {"csv": export.comparison_csv, "json": export.comparison_json, "html": export.comparison_html}[kind](
+        comparison)
+    media, suffix = EXPORTS[kind]
+    response = Response(body, content_type=media)
+    response.headers["Content-Disposition"] = f'attachment; filename="compare-{"-".join(comparison["ids"])}-{suffix}"'
+    return response
+
+
+def _comparison() -> dict:
+    ids = compare.parse_ids(request.args.get("ids"))
+    return compare.compare(ids, slo_from_args(request.args, service.default_slo()),
+                           baseline=request.args.get("baseline") or None)
 
 
 @bp.get("/<job_id>")
@@ -51,6 +76,6 @@ def export_job(job_id: str):  # type: ignore[no-untyped-def]
     else:
         body = export.report_html(results, table)
     media, suffix = EXPORTS[kind]
-    response = Response(body, mimetype=media.split(";")[0], content_type=media)
+    response = Response(body, content_type=media)
     response.headers["Content-Disposition"] = f'attachment; filename="stress-{job.id}-{suffix}"'
     return response

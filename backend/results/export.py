@@ -11,7 +11,7 @@ from typing import Any
 from flask import render_template
 
 from backend.config import PROJECT_ROOT
-from backend.results.figures import level_figures, request_figures
+from backend.results.figures import comparison_figures, level_figures, request_figures
 from backend.results.service import RequestTable
 
 
@@ -83,5 +83,32 @@ def report_html(results: dict[str, Any], table: RequestTable) -> str:
     """One file: the tables, the figures' JSON and plotly.js itself, so that it opens with no network."""
     figures = level_figures(results["levels"]) + request_figures(table, results["levels"])
     return render_template("results/report.html", results=results,
-                           figures_json=json.dumps(figures, allow_nan=False, default=str).replace("<", "\\u003c"),
+                           figures_json=_figures_json(figures),
+                           plotly_js=REPORT_PLOTLY.read_text(encoding="utf-8").replace("</script", "<\\/script"))
+
+
+def _figures_json(figures: list[dict[str, Any]]) -> str:
+    return json.dumps(figures, allow_nan=False, default=str).replace("<", "\\u003c")
+
+
+def comparison_csv(comparison: dict[str, Any]) -> str:
+    """One row per concurrency and figure: each job's value, and its difference from the baseline."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    ids = comparison["ids"]
+    others = [job_id for job_id in ids if job_id != comparison["baseline"]]
+    writer.writerow(["concurrency", "figure", *ids, *(f"{job_id}_delta_pct" for job_id in others)])
+    for row in comparison["table"]:
+        writer.writerow([row["concurrency"], row["figure"], *(_cell(row["cells"][job_id]["value"]) for job_id in ids),
+                         *(_cell(row["cells"][job_id]["delta"]["pct"]) for job_id in others)])
+    return out.getvalue()
+
+
+def comparison_json(comparison: dict[str, Any]) -> str:
+    return json.dumps(comparison, indent=2, allow_nan=False, default=str)
+
+
+def comparison_html(comparison: dict[str, Any]) -> str:
+    return render_template("results/report_compare.html", comparison=comparison,
+                           figures_json=_figures_json(comparison_figures(comparison["results"])),
                            plotly_js=REPORT_PLOTLY.read_text(encoding="utf-8").replace("</script", "<\\/script"))

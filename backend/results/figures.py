@@ -127,3 +127,55 @@ def request_figures(table: RequestTable, levels: list[dict[str, Any]]) -> list[d
         _figure("TTFT by start time within each level (warm-up, queueing)", over_time,
                 "seconds since the level's first request", "TTFT (ms)", hovermode="closest"),
     ]
+
+
+def _job_name(result: dict[str, Any]) -> str:
+    job = result["job"]
+    return f"{job['name'] or job['model']} ({job['id']})"
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both lower x (latency) and higher y (throughput), by x."""
+    frontier = []
+    best_y = -math.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best_y:
+            frontier.append((x, y))
+            best_y = y
+    return frontier
+
+
+def comparison_figures(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The compared jobs overlaid against concurrency, and throughput against p95 latency (Pareto)."""
+    def lines(title: str, y_title: str, read: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+        traces = [{"type": "scatter", "mode": "lines+markers", "name": _job_name(result),
+                   "x": [lv["concurrency"] for lv in result["levels"]],
+                   "y": [_clean(read(lv)) for lv in result["levels"]],
+                   "text": ["partial level" if not lv["complete"] else "" for lv in result["levels"]]}
+                  for result in results]
+        ticks = sorted({lv["concurrency"] for result in results for lv in result["levels"]})
+        return _figure(title, traces, "concurrency", y_title, xaxis={"type": "log", "tickvals": ticks})
+
+    figures = [
+        lines("Output tokens/s", "tokens/s", lambda lv: lv["output_tokens_per_s"]),
+        lines("Requests/s", "requests/s", lambda lv: lv["req_per_s"]),
+        lines("Goodput", "requests/s within the SLO", lambda lv: lv["goodput"]["per_s"]),
+        lines("p95 time to first token", "ms", lambda lv: lv["metrics"]["ttft_ms"]["p95"]),
+        lines("p95 latency", "seconds", lambda lv: lv["metrics"]["latency_s"]["p95"]),
+        lines("Error rate", "fraction", lambda lv: lv["error_rate"]),
+    ]
+    traces, everything = [], []
+    for result in results:
+        levels = [lv for lv in result["levels"] if lv["complete"] and lv["output_tokens_per_s"] is not None
+                  and lv["metrics"]["latency_s"]["p95"] is not None]
+        points = [(lv["metrics"]["latency_s"]["p95"], lv["output_tokens_per_s"]) for lv in levels]
+        everything.extend(points)
+        traces.append({"type": "scatter", "mode": "lines+markers+text", "name": _job_name(result),
+                       "x": [_clean(x) for x, _ in points], "y": [_clean(y) for _, y in points],
+                       "text": [f"c={lv['concurrency']}" for lv in levels], "textposition": "top center"})
+    frontier = pareto(everything)
+    traces.append({"type": "scatter", "mode": "lines", "name": "Pareto front", "line": {"dash": "dot", "width": 2},
+                   "x": [_clean(x) for x, _ in frontier], "y": [_clean(y) for _, y in frontier]})
+    figures.append(_figure("Output tokens/s against p95 latency (up and left is better)", traces,
+                           "p95 latency (s)", "output tokens/s", hovermode="closest"))
+    return figures

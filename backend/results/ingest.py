@@ -149,3 +149,24 @@ def store_requests(session: Session, job_id: str, position: int, rows: list[dict
     """One bulk insert of a level's rows, in the caller's transaction (with the level's own row)."""
     if rows:
         session.execute(insert(StressRequest), [{"job_id": job_id, "position": position, **row} for row in rows])
+
+
+PACKED = ("success", "start_s", "ttft_ms", "tpot_ms", "latency_s")  # the columns of a packed level, in order
+
+
+def pack_columns(rows: list[dict[str, Any]]) -> bytes:
+    """A level's per-request figures as one float64 array in .npy form (NaN for unknown), for fast reading."""
+    data = np.array([[1.0 if row.get("success") else 0.0, *(np.nan if row.get(name) is None else row[name]
+                                                          for name in PACKED[1:])] for row in rows], dtype="<f8")
+    out = io.BytesIO()
+    np.save(out, data.reshape(-1, len(PACKED)), allow_pickle=False)
+    return out.getvalue()
+
+
+def unpack_columns(blob: bytes) -> np.ndarray | None:
+    """The array ``pack_columns`` wrote; None when it is not one (never unpickled)."""
+    try:
+        data = np.load(io.BytesIO(blob), allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    return data if data.ndim == 2 and data.shape[1] == len(PACKED) else None

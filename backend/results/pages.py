@@ -9,8 +9,9 @@ from sqlalchemy import select
 
 from backend.db import db
 from backend.errors import ApiError, NotFound
+from backend.results import compare as comparing
 from backend.results import service
-from backend.results.figures import level_figures, request_figures
+from backend.results.figures import comparison_figures, level_figures, request_figures
 from backend.results.metrics import DEFINITIONS
 from backend.results.slo_args import BOUNDS, slo_from_args
 from backend.stress.models import FINISHED, StressJob
@@ -65,3 +66,22 @@ def job(job_id: str):  # type: ignore[no-untyped-def]
                            figures=figures,
                            figures_json=json.dumps(figures, allow_nan=False, default=str).replace("<", "\\u003c")
                            ), 400 if problem else 200
+
+
+@bp.get("/results/compare")
+def compare():  # type: ignore[no-untyped-def]
+    """``?ids=a,b,c`` (or ``id=a&id=b`` from the list's checkboxes), ``baseline``, and an SLO."""
+    raw = request.args.get("ids") or ",".join(request.args.getlist("id"))
+    try:
+        ids = comparing.parse_ids(raw)
+        slo = slo_from_args(request.args, service.default_slo())
+        comparison = comparing.compare(ids, slo, baseline=request.args.get("baseline") or None)
+    except NotFound as exc:
+        abort(404, description=exc.message)
+    except ApiError as exc:
+        abort(400, description=exc.message)
+    slo_query = {name: request.args[name] for name in BOUNDS if name in request.args}
+    figures = comparison_figures(comparison["results"])
+    return render_template("results/compare.html", title="Compare stress tests", comparison=comparison,
+                           slo_query=slo_query,
+                           figures_json=json.dumps(figures, allow_nan=False, default=str).replace("<", "\\u003c"))

@@ -18,6 +18,7 @@ from sqlalchemy import func, or_, select
 from backend.db import db
 from backend.errors import ApiError, NotFound
 from backend.results.cost import Cost, Pricing, level_cost
+from backend.results.ingest import PACKED, unpack_columns
 from backend.results.metrics import Columns, Slo, Verdict, capacity, goodput, judge
 from backend.results.models import StressRequest
 from backend.stress.models import FINISHED, StressJob, StressLevel
@@ -55,7 +56,7 @@ class RequestTable:
 
     data: np.ndarray
 
-    COLUMNS = ("position", "success", "start_s", "ttft_ms", "tpot_ms", "latency_s")
+    COLUMNS = ("position", *PACKED)
 
     def positions(self) -> list[int]:
         return [int(p) for p in np.unique(self.data[:, 0])] if len(self.data) else []
@@ -75,6 +76,14 @@ def _raw_rows(statement: Any) -> list[tuple[Any, ...]]:
 
 
 def load_requests(job_id: str) -> RequestTable:
+    """From each level's packed array when every level has one (written with its rows at ingestion),
+    otherwise from the per-request rows themselves."""
+    packed = _raw_rows(select(StressLevel.position, StressLevel.request_columns)
+                       .where(StressLevel.job_id == job_id).order_by(StressLevel.position))
+    arrays = [(position, unpack_columns(blob) if blob else None) for position, blob in packed]
+    if arrays and all(array is not None for _, array in arrays):
+        parts = [np.column_stack([np.full(len(array), float(position)), array]) for position, array in arrays]
+        return RequestTable(data=np.vstack(parts) if parts else np.empty((0, len(RequestTable.COLUMNS))))
     rows = _raw_rows(select(*(getattr(StressRequest, name) for name in RequestTable.COLUMNS))
                      .where(StressRequest.job_id == job_id).order_by(StressRequest.position, StressRequest.seq))
     data = np.array(rows, dtype=float) if rows else np.empty((0, len(RequestTable.COLUMNS)))

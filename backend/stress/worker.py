@@ -54,7 +54,7 @@ from sqlalchemy import func, select
 
 from backend.config import PROJECT_ROOT
 from backend.db import db
-from backend.results.ingest import read_level_file, store_requests
+from backend.results.ingest import pack_columns, read_level_file, store_requests
 from backend.results.metrics import level_from_requests
 from backend.stress import secrets
 from backend.stress.command import CommandError, JobPaths, build_command, job_paths
@@ -448,19 +448,21 @@ class Worker:
             if index in stored:
                 running.ingested.add(index)
                 continue
-            db.session.add(StressLevel(job_id=running.job_id, position=index, concurrency=level,
-                                       requests=result["requests"] or count, succeeded=result["succeeded"],
-                                       failed=result["failed"], duration_s=result["duration_s"],
-                                       req_per_s=result["req_per_s"],
-                                       output_tokens_per_s=result["output_tokens_per_s"],
-                                       total_tokens_per_s=result["total_tokens_per_s"],
-                                       avg_input_tokens=result["avg_input_tokens"],
-                                       avg_output_tokens=result["avg_output_tokens"], metrics=result["metrics"],
-                                       raw_summary=summary if complete else {},
-                                       raw_percentiles=(percentiles or []) if complete else [], complete=complete))
+            row = StressLevel(job_id=running.job_id, position=index, concurrency=level,
+                              requests=result["requests"] or count, succeeded=result["succeeded"],
+                              failed=result["failed"], duration_s=result["duration_s"],
+                              req_per_s=result["req_per_s"],
+                              output_tokens_per_s=result["output_tokens_per_s"],
+                              total_tokens_per_s=result["total_tokens_per_s"],
+                              avg_input_tokens=result["avg_input_tokens"],
+                              avg_output_tokens=result["avg_output_tokens"], metrics=result["metrics"],
+                              raw_summary=summary if complete else {},
+                              raw_percentiles=(percentiles or []) if complete else [], complete=complete)
+            db.session.add(row)
             if requests is None:
                 requests = read_level_file(directory / "benchmark_data.db")
             if requests is not None:
+                row.request_columns = pack_columns(requests.rows)
                 store_requests(db.session, running.job_id, index, requests.rows)
             running.ingested.add(index)
 

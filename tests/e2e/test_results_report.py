@@ -78,3 +78,39 @@ def test_the_results_page_in_the_browser(app: Flask, client: Any, page: Page) ->
     csv_link = page.locator("a.button", has_text="CSV").first
     assert "ttft_ms=1000" in (csv_link.get_attribute("href") or "")
     screenshot(page, "results-page")
+
+
+def test_compare_three_jobs_and_export(app: Flask, client: Any, page: Page, tmp_path: Path) -> None:
+    for job_id, tps in (("cmp1", 400.0), ("cmp2", 500.0), ("cmp3", 300.0)):
+        add_job(app, job_id, [level(1, [ok(100.0)] * 4, out_tps=tps), level(4, [ok(150.0)] * 4, out_tps=tps * 3)])
+
+    def serve(route: Route) -> None:
+        rest = route.request.url.split("://", 1)[1]
+        response = client.get("/" + (rest.split("/", 1)[1] if "/" in rest else ""))
+        route.fulfill(status=response.status_code, headers=dict(response.headers), body=response.data)
+
+    page.route("http://results.test/**", serve)
+    page.goto("http://results.test/results")
+    for job_id in ("cmp1", "cmp2", "cmp3"):
+        page.check(f"#results-list input[value='{job_id}']")
+    page.click("#compare-button")
+    expect(page.locator("#compare-table")).to_be_visible()
+    expect(page.locator("#workload-same")).to_be_visible()
+    expect(page.locator("#figures .figure")).to_have_count(7)
+    expect(page.locator("#figures .figure .main-svg").first).to_be_visible()
+    cell = page.locator("#compare-table tr[data-concurrency='1'][data-figure='output_tokens_per_s'] td[data-job='cmp1']")
+    baseline = page.locator("#baseline").input_value()
+    assert baseline in ("cmp1", "cmp2", "cmp3")
+    page.select_option("#baseline", "cmp2")
+    page.click("form:has(#baseline) button[type=submit]")
+    expect(cell).to_contain_text("-20.0 %")  # 400 against 500
+    screenshot(page, "results-compare")
+    href = page.locator("a.button:has-text('HTML report')").get_attribute("href") or ""
+    assert "baseline=cmp2" in href and "ids=cmp1,cmp2,cmp3" in href
+    saved = tmp_path / "compare.html"
+    saved.write_bytes(client.get(href).data)  # what the link downloads (downloads do not pass Playwright's routing)
+    assert saved.stat().st_size < 5_000_000
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://") else route.abort())
+    page.goto(saved.as_uri())
+    expect(page.locator("#compare-table")).to_be_visible()
+    expect(page.locator("#figures .figure:has(.main-svg)")).to_have_count(7)

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask
 
 from backend.db import db
+from backend.results.ingest import pack_columns
 from backend.results.models import StressRequest
 from backend.stress.models import StressJob, StressLevel
 
@@ -15,8 +16,10 @@ EMPTY = {"avg": None, "p50": None, "p90": None, "p95": None, "p99": None}
 
 
 def add_job(app: Flask, job_id: str, levels: list[dict[str, Any]], *, status: str = "completed",
-            target: dict[str, Any] | None = None, created: datetime | None = None, model: str = "qwen3-8b") -> None:
-    """A finished job with level rows and, for each level, per-request rows (``requests`` in the level)."""
+            target: dict[str, Any] | None = None, created: datetime | None = None, model: str = "qwen3-8b",
+            packed: bool = True) -> None:
+    """A finished job with level rows and, for each level, per-request rows (``rows`` in the level), and
+    with ``packed`` the level's packed array as the worker writes it."""
     with app.app_context():
         when = created or datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
         db.session.add(StressJob(id=job_id, model_key=model, status=status, created_at=when,
@@ -33,7 +36,8 @@ def add_job(app: Flask, job_id: str, levels: list[dict[str, Any]], *, status: st
             db.session.add(StressLevel(job_id=job_id, position=position, requests=len(rows),
                                        succeeded=sum(r["success"] for r in rows),
                                        failed=sum(not r["success"] for r in rows), raw_summary={},
-                                       raw_percentiles=[], **level))
+                                       raw_percentiles=[], request_columns=pack_columns(rows) if packed else None,
+                                       **level))
             db.session.add_all(StressRequest(job_id=job_id, position=position, seq=i, **row)
                                for i, row in enumerate(rows))
         db.session.commit()
