@@ -45,6 +45,9 @@ class ModelSpec(BaseModel):
     max_tokens: int = 4096
     description: str | None = None
     discovered: bool = False  # an EMD deployment found in CloudFormation, not listed in models.yaml
+    # What a self-hosted deployment runs on, for its cost (config/pricing.yaml); EMD stacks say it too.
+    instance_type: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,40}$")
+    instances: int = Field(default=1, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _provider_fields(self) -> ModelSpec:
@@ -79,6 +82,9 @@ class ModelSpec(BaseModel):
             data["base_url"] = self.base_url
         if self.discovered:
             data["discovered"] = True
+        if self.instance_type:
+            data["instance_type"] = self.instance_type
+            data["instances"] = self.instances
         return data
 
 

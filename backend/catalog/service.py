@@ -149,6 +149,7 @@ class Catalog:
                     tag=deployment.tag,
                     api_key_env="EMD_API_KEY",
                     discovered=True,
+                    instance_type=deployment.instance_type,
                 )
             )
         return specs
@@ -157,6 +158,14 @@ class Catalog:
         if key in self.models:
             return self.models[key]
         return next((spec for spec in self.all_specs() if spec.key == key), None)
+
+    def instance(self, spec: ModelSpec) -> tuple[str | None, int]:
+        """The instance type and count a model runs on: its catalogue entry's, else its EMD stack's."""
+        if spec.instance_type or spec.provider != "emd":
+            return spec.instance_type, spec.instances
+        deployment = next((d for d in self.emd.get().deployments if (d.model_id, d.tag) == (spec.model_id, spec.tag)),
+                          None)
+        return (deployment.instance_type if deployment else None), spec.instances
 
     def known_keys(self) -> list[str]:
         return sorted(self.models)
