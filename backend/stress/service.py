@@ -74,6 +74,7 @@ def _target(body: StressParams, catalog: Catalog, params: dict[str, Any]) -> dic
         data["region"] = target.region
     else:
         data["chat_url"] = target.chat_url
+        data["instance_type"], data["instances"] = catalog.instance(spec)  # for the cost of its results
     return data
 
 
