@@ -385,3 +385,18 @@ def test_the_estimate_counts_answers_as_long_as_the_model_makes_them(app: Flask)
     at_limit = {**timing, "avg_output_tokens": 100.0}  # answers cut at the limit: their length is unknown
     assert service.estimate_seconds(params, at_limit, 3.0, PAUSE_S) == pytest.approx(3.0 + 5 * (30 + 10 * 255) / 1000)
 
+
+
+@pytest.mark.parametrize(("progress", "words"), [
+    ({"level": 0, "phase": "starting"}, "0 / 7 · starting EvalScope"),
+    ({"level": 1, "phase": "warmup", "warmup": 2}, "0 / 7 · level 1 of 2 · warm-up"),
+    ({"level": 1, "phase": "pause", "processed": 3}, "3 / 7 · level 1 of 2 · pause"),
+    ({"level": 2, "phase": "running", "processed": 5}, "5 / 7 · level 2 of 2"),
+])
+def test_the_jobs_list_names_the_phase_of_a_running_job(app: Flask, client: FlaskClient, progress: dict[str, Any],
+                                                        words: str) -> None:
+    job_id = add_job(app, status="running", progress={"percent": 0.0, "levels": 2, "concurrency": None,
+                                                      "processed": 0, "total": 7, **progress})
+    cell = re.search(rf'<td class="live-cell"[^>]*id="job-live-{job_id}".*?<span class="small muted live-counts">'
+                     r"(.*?)</span>", client.get("/stress-tests").text, re.S)
+    assert cell and " ".join(unescape(re.sub(r"<[^>]+>", "", cell.group(1))).split()) == words

@@ -12,7 +12,16 @@ Live updates, and why they take the shape they do:
 - A job page follows the JSON stream ``/api/v1/stress-tests/<id>/events`` from ``static/js/stress_job.js``:
   the charts need the numbers (plotly), not HTML. The summary and the per-level table are re-read as
   HTML fragments (this module) when the status changes or a level ends, a handful of requests per job.
-  The log tail is an htmx widget that polls every few seconds only while the job is unfinished.
+  The log tail is an htmx widget that polls every few seconds only while the job is unfinished; the page
+  reads it once more when the job ends, and the finished log neither polls nor says it does.
+
+What the pages say of a job comes from its row: the phase the worker records with the progress
+(``starting``, ``warmup``, ``first``, ``running``, ``pause``, ``finishing``), the duration counted in the
+browser from the server's figure, the input tokens its levels measured, and the duration estimate the
+form gave when it was created (``service.job_estimate``) against what it took. "Run again…" opens the form
+with every stored setting of a job (``?from_job=<id>``); the playground's link prefills the model, the
+prompt, the system prompt, max tokens and temperature (``_from_link``). Messages name fields by the
+form's labels (``FORM_LABELS``).
 """
 
 from __future__ import annotations
