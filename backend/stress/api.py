@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from pathlib import Path
+
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from backend.catalog.service import get_catalog
 from backend.errors import ApiError
 from backend.sse import SSE_HEADERS
-from backend.stress import datasets, service
+from backend.stress import artefacts, datasets, service
 from backend.stress.params import PRESETS, StressParams
 from backend.validation import MAX_OFFSET, int_arg, json_body, parse_body
 
@@ -77,6 +79,21 @@ def log(job_id: str):  # type: ignore[no-untyped-def]
     if request.args.get("format") == "json":
         return jsonify({"id": job_id, "lines": lines})
     return Response("\n".join(lines) + ("\n" if lines else ""), mimetype="text/plain")
+
+
+@bp.get("/<job_id>/files")
+def files(job_id: str):  # type: ignore[no-untyped-def]
+    job = service.get_job(job_id)
+    return jsonify({"id": job.id, "files": [f.as_dict() for f in artefacts.list_files(job.id, _settings())]})
+
+
+@bp.get("/<job_id>/files/<path:name>")
+def file(job_id: str, name: str):  # type: ignore[no-untyped-def]
+    """One file, by a name from the job's own list (never a path from the request)."""
+    job = service.get_job(job_id)
+    found = artefacts.find_file(job.id, name, _settings())
+    return send_file(found.path, as_attachment=True, download_name=Path(found.name).name,
+                     mimetype="text/plain" if found.path.suffix in (".log", ".txt") else None)
 
 
 @bp.get("/<job_id>/events")
