@@ -400,3 +400,11 @@ def test_the_jobs_list_names_the_phase_of_a_running_job(app: Flask, client: Flas
     cell = re.search(rf'<td class="live-cell"[^>]*id="job-live-{job_id}".*?<span class="small muted live-counts">'
                      r"(.*?)</span>", client.get("/stress-tests").text, re.S)
     assert cell and " ".join(unescape(re.sub(r"<[^>]+>", "", cell.group(1))).split()) == words
+
+
+def test_a_field_the_submission_does_not_have_takes_the_apis_default(app: Flask, client: FlaskClient) -> None:
+    """A client of its own posting the form without a field is not the page showing one empty."""
+    job_id = created_id(client.post("/stress-tests/new", data={"target": "sim-fast", "concurrency": "1",
+                                                               "requests": "2", "dataset": "prompt", "prompt": "hi"}))
+    params = params_of(app, job_id)
+    assert (params["output_tokens"], params["temperature"], params["warmup"]) == (128, 0.0, 0)

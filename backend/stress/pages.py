@@ -238,8 +238,9 @@ def _numbers(raw: str) -> list[int]:
 
 
 def _form_number(raw: str, kind: type[int] | type[float]) -> int | float:
-    """A form field as the number the API takes (the API itself refuses "10" for 10). An empty field is
-    refused rather than left to the API's default, which need not be what the form showed."""
+    """A form field as the number the API takes (the API itself refuses "10" for 10). An empty field (what a
+    browser sends for text typed into a number field) is refused rather than left to the API's default,
+    which need not be what the form showed."""
     what = "a whole number" if kind is int else "a number"
     if not raw:
         raise ValueError(f"enter {what}")
@@ -274,8 +275,10 @@ def form_body(form: Mapping[str, str]) -> dict[str, Any]:
             problems.append((name, str(exc)))
             continue
         body[name] = numbers[0] if name == "requests" and len(numbers) == 1 else numbers
-    warmup = form.get("warmup", "concurrency")
-    if warmup == "fixed":
+    warmup = form.get("warmup")
+    if warmup is None:  # not a field of this submission (a client of its own): the API's default
+        pass
+    elif warmup == "fixed":
         try:
             body["warmup"] = _form_number(form.get("warmup_count", "").strip(), int)
         except ValueError as exc:
@@ -300,8 +303,10 @@ def form_body(form: Mapping[str, str]) -> dict[str, Any]:
     if dataset == "random_vl":
         names += ["image_width", "image_height", "image_count"]
     for name in names:
+        if name not in form:  # not sent at all (a client of its own, not the page): the API's default
+            continue
         try:
-            body[name] = _form_number(form.get(name, "").strip(), float if name == "temperature" else int)
+            body[name] = _form_number(form[name].strip(), float if name == "temperature" else int)
         except ValueError as exc:
             problems.append((name, str(exc)))
     body["stream"] = form.get("stream") == "on"
