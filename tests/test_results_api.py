@@ -162,3 +162,11 @@ def test_the_report_embeds_the_same_plotly_version_as_the_pages() -> None:
         return found.group(1)
 
     assert version(REPORT_PLOTLY) == version(plotly_js_path())
+
+
+def test_the_job_page_links_to_its_results_once_a_level_is_stored(app: Flask, client: Any) -> None:
+    add_job(app, "link1", [level(1, [ok(100.0)])])
+    add_job(app, "nolevel1", [], status="failed")
+    page = client.get("/stress-tests/link1")
+    assert page.status_code == 200 and 'href="/results/link1"' in page.text
+    assert 'id="job-results"' not in client.get("/stress-tests/nolevel1").text

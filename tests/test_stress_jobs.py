@@ -184,7 +184,8 @@ def test_every_request_failing_ends_failed(stack: tuple[Flask, Any]) -> None:
     assert job["failed_requests"] == 3
     [level] = job["levels"]
     assert (level["succeeded"], level["failed"]) == (0, 3)
-    assert level["ttft_ms"] == {"avg": None, "p50": None, "p90": None, "p95": None, "p99": None}  # NaN in evalscope's file
+    # NaN in evalscope's file
+    assert level["ttft_ms"] == {"avg": None, "p50": None, "p90": None, "p95": None, "p99": None}
     with sqlite3.connect(app.config["PEP"]["database"]["path"]) as connection:
         raw = connection.execute("SELECT raw_percentiles FROM stress_levels").fetchone()[0]
     assert "NaN" not in raw and json.loads(raw)[0]["TTFT (ms)"] is None

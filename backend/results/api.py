@@ -55,7 +55,7 @@ def _comparison() -> dict:
 
 @bp.get("/<job_id>")
 def job_results(job_id: str):  # type: ignore[no-untyped-def]
-    job = service.finished_job(job_id)
+    job = service.stress_job(job_id)
     return jsonify(service.job_results(job, slo_from_args(request.args, service.default_slo())))
 
 
@@ -64,7 +64,7 @@ def export_job(job_id: str):  # type: ignore[no-untyped-def]
     kind = request.args.get("format", "")
     if kind not in EXPORTS:
         raise ApiError(f"format: must be one of {', '.join(EXPORTS)}", field="format")
-    job = service.finished_job(job_id)
+    job = service.stress_job(job_id)
     table = service.load_requests(job.id)
     results = service.job_results(job, slo_from_args(request.args, service.default_slo()), table)
     if kind == "csv":

@@ -18,7 +18,7 @@ from scipy import stats
 
 from backend.errors import ApiError
 from backend.results.metrics import Slo
-from backend.results.service import finished_job, job_results, load_requests
+from backend.results.service import job_results, load_requests, stress_job
 
 MIN_JOBS, MAX_JOBS = 2, 10
 WORKLOAD_KEYS = ("dataset", "input_tokens", "output_tokens", "exact_output_tokens", "stream", "temperature",
@@ -116,7 +116,7 @@ def _repeat_key(job: Any) -> str:
 
 
 def compare(ids: list[str], slo: Slo, baseline: str | None = None) -> dict[str, Any]:
-    jobs = [finished_job(job_id) for job_id in ids]
+    jobs = [stress_job(job_id) for job_id in ids]
     baseline = baseline or ids[0]
     if baseline not in ids:
         raise ApiError("baseline: must be one of the compared jobs", field="baseline")

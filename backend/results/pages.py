@@ -49,7 +49,7 @@ def index():  # type: ignore[no-untyped-def]
 @bp.get("/results/<job_id>")
 def job(job_id: str):  # type: ignore[no-untyped-def]
     try:
-        row = service.finished_job(job_id)
+        row = service.stress_job(job_id)
     except NotFound:
         abort(404, description=f"There is no stress test {job_id}.")
     problem = None

@@ -39,7 +39,8 @@ def pricing() -> Pricing:
     return Pricing.load(settings()["pricing_file"])
 
 
-def finished_job(job_id: str) -> StressJob:
+def stress_job(job_id: str) -> StressJob:
+    """A stress job, finished or not (a running job's results are its finished levels so far)."""
     job = db.session.get(StressJob, job_id)
     if job is None:
         raise NotFound(f"no stress job {job_id!r}")
