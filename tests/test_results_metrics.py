@@ -235,3 +235,35 @@ def test_the_shipped_pricing_covers_every_bedrock_model_of_the_catalogue() -> No
     pricing = Pricing.load("config/pricing.yaml")
     assert bedrock and bedrock <= set(pricing.bedrock)
     assert pricing.as_of and pricing.region
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def test_level_figures_carry_the_levels_values_and_gaps_for_unknowns() -> None:
+    from backend.results.figures import level_figures
+
+    def lv(concurrency: int, rps: float | None, p95: float | None, complete: bool = True) -> dict:
+        empty = {"avg": None, "p50": None, "p90": None, "p95": None, "p99": None}
+        return {"concurrency": concurrency, "position": concurrency, "complete": complete, "req_per_s": rps,
+                "output_tokens_per_s": rps * 10 if rps is not None else None, "total_tokens_per_s": None,
+                "error_rate": 0.0, "goodput": {"per_s": None, "fraction": None},
+                "metrics": {"latency_s": {**empty, "p95": p95}, "ttft_ms": dict(empty), "tpot_ms": dict(empty),
+                            "itl_ms": dict(empty)}}
+
+    figures = level_figures([lv(1, 2.0, 0.5), lv(4, 7.123456789, 0.9), lv(16, None, None, complete=False)])
+    throughput = figures[0]["data"][0]
+    assert throughput["x"] == [1, 4, 16] and throughput["y"] == [2.0, 7.1235, None]  # 5 significant digits
+    assert throughput["text"] == ["", "", "partial level"]
+    assert figures[0]["layout"]["xaxis"]["type"] == "log"
+    knee = figures[-1]["data"][0]
+    assert knee["x"] == [20.0, 71.235] and knee["y"] == [0.5, 0.9]  # the level with no throughput is left out
+    assert level_figures([]) == []
+
+
+def test_pareto_front() -> None:
+    from backend.results.figures import pareto
+
+    # (latency, throughput): (2, 100) is beaten by (1, 150); (3, 400) and (1, 150) are on the front.
+    assert pareto([(2.0, 100.0), (1.0, 150.0), (3.0, 400.0), (3.5, 390.0)]) == [(1.0, 150.0), (3.0, 400.0)]
+    assert pareto([]) == []
