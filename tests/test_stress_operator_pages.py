@@ -17,12 +17,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from backend.app import create_app
 from backend.db import db
 from backend.stress.models import StressJob
 from backend.stress.pages import form_body
-from tests.conftest import TEST_MODELS
 from tests.support.html_form import form_fields
+from tests.support.stress import offline_app
 from tests.support.stress_rows import add_job, add_level
 
 HTMX = {"HX-Request": "true"}
@@ -31,20 +30,7 @@ PAUSE_S = 5
 
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
-    monkeypatch.setenv("ENVIRONMENT", "test")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    return create_app({
-        "database": {"path": str(tmp_path / "app.db")},
-        "logging": {"dir": str(tmp_path / "logs")},
-        "catalog": {"models_file": TEST_MODELS},
-        "simulator": {"port": 9},  # nothing listens: nothing is called
-        "stress": {"outputs_dir": str(tmp_path / "outputs"), "logs_dir": str(tmp_path / "stress-logs"),
-                   "datasets_dir": str(tmp_path / "datasets"), "level_pause_s": PAUSE_S},
-    })
+    return offline_app(tmp_path, monkeypatch, level_pause_s=PAUSE_S)
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from backend.app import create_app
 from backend.db import db
 from backend.inference.models import InferenceRun
 from backend.stress.models import StressJob, StressLevel, StressSample
-from tests.conftest import TEST_MODELS
+from tests.support.stress import offline_app
 
 HTMX = {"HX-Request": "true"}
 FORM = {"submitted": "1", "target": "sim-fast", "concurrency": "1, 2", "requests": "3, 4", "dataset": "prompt",
@@ -25,20 +24,7 @@ FORM = {"submitted": "1", "target": "sim-fast", "concurrency": "1, 2", "requests
 
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Flask:
-    monkeypatch.setenv("ENVIRONMENT", "test")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    return create_app({
-        "database": {"path": str(tmp_path / "app.db")},
-        "logging": {"dir": str(tmp_path / "logs")},
-        "catalog": {"models_file": TEST_MODELS},
-        "simulator": {"port": 9},  # nothing listens: availability says so, nothing is called
-        "stress": {"outputs_dir": str(tmp_path / "outputs"), "logs_dir": str(tmp_path / "stress-logs"),
-                   "datasets_dir": str(tmp_path / "datasets"), "sse_poll_s": 0.05, "heartbeat_s": 1},
-    })
+    return offline_app(tmp_path, monkeypatch, sse_poll_s=0.05, heartbeat_s=1)
 
 
 @pytest.fixture

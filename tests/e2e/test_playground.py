@@ -12,19 +12,10 @@ from playwright.sync_api import Locator, Page, expect
 
 from tests.e2e.conftest import screenshot
 from tests.support.app_server import AppServer
+from tests.support.playground import choose, open_playground
 from tests.support.simulator import SimulatorProcess
 
 pytestmark = pytest.mark.e2e
-
-
-def open_playground(page: Page, app: AppServer, query: str = "") -> None:
-    page.goto(f"{app.url}/playground{query}")
-    expect(page.get_by_role("heading", name="Playground")).to_be_visible()
-
-
-def choose(page: Page, *keys: str) -> None:
-    for box in page.locator('input[name="models"]').all():
-        box.set_checked(box.get_attribute("value") in keys)
 
 
 def column(page: Page, key: str) -> Locator:

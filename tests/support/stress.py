@@ -44,6 +44,25 @@ def make_app(tmp_path: Path, simulator_port: int, **stress: Any) -> Flask:
     })
 
 
+def offline_app(tmp_path: Path, monkeypatch: Any, **stress: Any) -> Flask:
+    """An app for page tests: no AWS account, a simulator port where nothing listens (nothing is called),
+    its database and stress folders under ``tmp_path``."""
+    monkeypatch.setenv("ENVIRONMENT", "test")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    return create_app({
+        "database": {"path": str(tmp_path / "app.db")},
+        "logging": {"dir": str(tmp_path / "logs")},
+        "catalog": {"models_file": TEST_MODELS},
+        "simulator": {"port": 9},
+        "stress": {"outputs_dir": str(tmp_path / "outputs"), "logs_dir": str(tmp_path / "stress-logs"),
+                   "datasets_dir": str(tmp_path / "datasets"), **stress},
+    })
+
+
 class ThreadWorker:
     def __init__(self, app: Flask) -> None:
         self.stop = threading.Event()
