@@ -10,7 +10,6 @@ from typing import Any
 from flask import (
     Blueprint,
     Response,
-    current_app,
     make_response,
     redirect,
     render_template,
@@ -38,23 +37,16 @@ def render(page: str, fragment: str, **context: Any) -> Response:
 
 @bp.get("/")
 def home():  # type: ignore[no-untyped-def]
+    """The home page: each feature supplies its own panel (its ``home_context`` and ``_home.html``)."""
     from backend.catalog.service import get_catalog
-    from backend.inference import service as inference_service
-    from backend.stress import service as stress_service
-    from backend.stress.pages import decorate
+    from backend.inference.pages import home_context as inference_home
+    from backend.results.pages import home_context as results_home
+    from backend.stress.pages import home_context as stress_home
 
-    preview = int(current_app.config["PEP"]["inference"]["preview_chars"])
-    recent = [run.as_dict(preview=preview) for run in inference_service.recent_runs(limit=8)]
-    settings = current_app.config["PEP"]["stress"]
-    active = stress_service.list_jobs(settings, status="queued,running,cancelling", model=None, limit=10, offset=0)
-    finished = stress_service.list_jobs(settings, status="completed,failed,cancelled,interrupted", model=None,
-                                        limit=5, offset=0)
-    first_run = not recent and not active["total"] and not finished["total"]
-    return render_template("home/index.html", recent_runs=recent,
-                           active_jobs=[decorate(job) for job in active["jobs"]], active_total=active["total"],
-                           finished_jobs=[decorate(job) for job in finished["jobs"]],
-                           worker_alive=active["worker"]["alive"], first_run=first_run,
-                           starter_models=starter_models(get_catalog().models))
+    inference, stress, results = inference_home(), stress_home(), results_home()
+    first_run = not (inference["recent_runs"] or stress["active_total"] or stress["finished_jobs"])
+    return render_template("home/index.html", inference=inference, stress=stress, results=results,
+                           first_run=first_run, starter_models=starter_models(get_catalog().models))
 
 
 # The simulator's models a first run is pointed at, in this order when the catalogue has them.

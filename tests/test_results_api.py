@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -170,3 +171,14 @@ def test_the_job_page_links_to_its_results_once_a_level_is_stored(app: Flask, cl
     page = client.get("/stress-tests/link1")
     assert page.status_code == 200 and 'href="/results/link1"' in page.text
     assert 'id="job-results"' not in client.get("/stress-tests/nolevel1").text
+
+
+def test_the_home_page_shows_the_latest_results_with_their_headlines(app: Flask, client: Any) -> None:
+    assert "No finished stress test yet" in client.get("/").text
+    add_job(app, "home1", [level(1, [ok(100.0)] * 4, out_tps=400.0), level(4, [ok(900.0)] * 4, out_tps=1500.0)])
+    panel = client.get("/").text.split('id="home-results"', 1)[1].split("</table>", 1)[0]
+    row = panel.split('data-job="home1"', 1)[1]
+    # peak output tokens/s is level 4's 1,500.0; level 4's p95 TTFT of 900 ms breaks the default 500 ms SLO
+    cells = re.findall(r'<td class="num"[^>]*>(.*?)</td>', row, re.S)
+    assert [re.sub(r"<[^>]+>", "", c).strip() for c in cells] == ["1,500.0", "1"]
+    assert 'href="/results/home1"' in row

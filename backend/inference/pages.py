@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, abort, current_app, render_template, request
 
 from backend.catalog.service import get_catalog, unavailable_groups
@@ -55,3 +57,9 @@ def run_detail(run_id: str):  # type: ignore[no-untyped-def]
 
 HISTORY_PAGE_SIZE = 25
 HISTORY_MAX_PAGE_SIZE = 200
+
+
+def home_context() -> dict[str, Any]:
+    """What the home page's playground panel shows (templates/inference/_home.html)."""
+    preview = int(current_app.config["PEP"]["inference"]["preview_chars"])
+    return {"recent_runs": [run.as_dict(preview=preview) for run in service.recent_runs(limit=8)]}

@@ -85,3 +85,20 @@ def compare():  # type: ignore[no-untyped-def]
     return render_template("results/compare.html", title="Compare stress tests", comparison=comparison,
                            slo_query=slo_query,
                            figures_json=json.dumps(figures, allow_nan=False, default=str).replace("<", "\\u003c"))
+
+
+HOME_LATEST = 3
+
+
+def home_context() -> dict[str, object]:
+    """The home page's results panel (templates/results/_home.html): the latest finished jobs with their
+    headline figures against the default SLO (read from the packed per-level arrays: a few ms a job)."""
+    slo = service.default_slo()
+    jobs = db.session.scalars(select(StressJob).where(StressJob.status.in_([s.value for s in FINISHED]))
+                              .order_by(StressJob.finished_at.desc(), StressJob.id).limit(HOME_LATEST)).all()
+    latest = []
+    for job in jobs:
+        results = service.job_results(job, slo)
+        if results["levels"]:
+            latest.append({"job": results["job"], "summary": results["summary"], "partial": results["partial"]})
+    return {"latest": latest, "slo": slo.describe()}

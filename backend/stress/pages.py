@@ -55,7 +55,7 @@ from backend.errors import ApiError, NotFound
 from backend.inference import service as inference_service
 from backend.sse import PING, SSE_HEADERS, sse_event
 from backend.stress import datasets, service
-from backend.stress.models import JobStatus, StressJob, StressLevel
+from backend.stress.models import FINISHED, JobStatus, StressJob, StressLevel
 from backend.stress.params import (
     DEFAULT_PROMPT,
     FILE_DATASETS,
@@ -120,6 +120,16 @@ def decorate(job: dict[str, Any]) -> dict[str, Any]:
                                     if measured else None)
     job["input_length_used"] = (job.get("params") or {}).get("dataset") in TOKENIZER_DATASETS
     return job
+
+
+def home_context() -> dict[str, Any]:
+    """What the home page's stress panel shows (templates/stress/_home.html)."""
+    settings = _settings()
+    active = service.list_jobs(settings, status="queued,running,cancelling", model=None, limit=10, offset=0)
+    finished = service.list_jobs(settings, status=",".join(s.value for s in FINISHED), model=None, limit=5,
+                                 offset=0)
+    return {"active_jobs": [decorate(job) for job in active["jobs"]], "active_total": active["total"],
+            "finished_jobs": [decorate(job) for job in finished["jobs"]], "worker_alive": active["worker"]["alive"]}
 
 
 # --- the jobs list -------------------------------------------------------------------------------
