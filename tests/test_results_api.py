@@ -174,7 +174,7 @@ def test_the_job_page_links_to_its_results_once_a_level_is_stored(app: Flask, cl
 
 
 def test_the_home_page_shows_the_latest_results_with_their_headlines(app: Flask, client: Any) -> None:
-    assert "No finished stress test yet" in client.get("/").text
+    assert "No stress test has results yet" in client.get("/").text
     add_job(app, "home1", [level(1, [ok(100.0)] * 4, out_tps=400.0), level(4, [ok(900.0)] * 4, out_tps=1500.0)])
     panel = client.get("/").text.split('id="home-results"', 1)[1].split("</table>", 1)[0]
     row = panel.split('data-job="home1"', 1)[1]
