@@ -35,6 +35,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from backend.inference import api as inference_api
     from backend.inference import pages as inference_pages
     from backend.results import api as results_api
+    from backend.results import capacity_api
     from backend.results import pages as results_pages
     from backend.stress import api as stress_api
     from backend.stress import pages as stress_pages
@@ -46,6 +47,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(inference_api.bp)
     app.register_blueprint(stress_api.bp)
     app.register_blueprint(results_api.bp)
+    app.register_blueprint(capacity_api.bp)
     app.register_blueprint(results_pages.bp)  # before web_bp, whose /results placeholder it replaces
     app.register_blueprint(web_bp)
     app.register_blueprint(catalog_pages.bp)

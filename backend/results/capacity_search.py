@@ -10,18 +10,42 @@ spread of the repeats (min/max, and a t-based 95 % interval from three repeats) 
 
 A figure that cannot be computed (no successful request) breaks nothing: a probe whose bounded figure
 is unknown cannot be judged, and the search stops there and says so, rather than guess.
+
+The second part runs a search on the stress-job machinery. A search is a ``capacity_searches`` row;
+each repeat of a probe is an ordinary one-level stress job linked to it by ``stress_jobs.search_id``
+(evalscope refuses a repeated level, and repeats run one after the other so that they never load the
+target together). ``advance_searches`` (called by the worker on every tick) moves each active search
+one step: it waits for the probe job that runs, queues the next repeat, records a probe whose repeats
+have all finished (its figures from ``backend.results.service``), asks the planner, and queues the next
+probe or ends the search. Everything is in rows, so a restarted worker carries on where the last left
+off; every change to a search is one UPDATE conditional on its ``version``, so two workers never both
+advance it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel, Field, field_validator
 from scipy import stats
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, select, update
+from sqlalchemy.orm import Mapped, mapped_column
 
-from backend.results.metrics import Slo
+from backend.db import db
+from backend.errors import ApiError, NotFound
+from backend.results.metrics import LIMITED, Slo, percentile
+from backend.results.service import job_results, load_requests
+from backend.stress import secrets
+from backend.stress.datasets import get_dataset
+from backend.stress.models import ACTIVE, ALLOWED, JobStatus, StressJob, new_job_id, transition, utcnow
+from backend.stress.params import StressParams, check_limits
+from backend.stress.service import _target as stress_target
+from backend.validation import STRICT, parse_body
 
 FIGURES = ("ttft_ms", "tpot_ms", "latency_s", "error_rate")
 
@@ -221,3 +245,393 @@ def probe_dict(probe: Probe, slo: Slo) -> dict[str, Any]:
             "mean": {name: s.mean for name, s in probe.spreads().items()},
             "spread": {name: s.as_dict() for name, s in probe.spreads().items()},
             "verdict": judge_probe(probe, slo).as_dict()}
+
+
+# --- the search as rows --------------------------------------------------------------------------
+
+log = logging.getLogger("backend.results.capacity_search")
+
+
+class CapacitySearch(db.Model):
+    __tablename__ = "capacity_searches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, index=True)
+    model_key: Mapped[str] = mapped_column(String(200))
+    target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # as a stress job's
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the workload, without levels
+    api_key_encrypted: Mapped[str | None] = mapped_column(Text)  # copied to each probe job; wiped at the end
+    slo: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    start: Mapped[int] = mapped_column(Integer, default=1)
+    precision: Mapped[str] = mapped_column(String(16), default="1")  # "4" (steps) or "10%"
+    repeats: Mapped[int] = mapped_column(Integer, default=2)
+    max_concurrency: Mapped[int] = mapped_column(Integer)
+    requests: Mapped[int] = mapped_column(Integer)  # at least this many requests per probe job
+    requests_per_slot: Mapped[int] = mapped_column(Integer, default=2)  # and at least this many per slot
+    # Recorded probes: {concurrency, jobs, repeats: [figures], levels: [{req_per_s, ..., cost}]}
+    probes: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    pending: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the probe running: {concurrency, jobs}
+    reason: Mapped[str | None] = mapped_column(Text)  # why it ended (the planner's words, or a failure)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+
+    @property
+    def job_status(self) -> JobStatus:
+        return JobStatus(self.status)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.job_status.is_finished
+
+    def state(self) -> SearchState:
+        slo = Slo.from_mapping(self.slo)
+        probes = tuple(Probe(int(p["concurrency"]), tuple(p["repeats"])) for p in self.probes or [])
+        return SearchState(slo=slo, start=self.start, precision=Precision.parse(_precision_raw(self.precision)),
+                           repeats=self.repeats, max_concurrency=self.max_concurrency, probes=probes)
+
+
+def _precision_raw(stored: str) -> int | str:
+    return stored if stored.endswith("%") else int(stored)
+
+
+def _save(search: CapacitySearch, to: JobStatus | None = None, **values: Any) -> bool:
+    """One conditional UPDATE: applies only if nobody changed the search since it was read (its
+    ``version``) and, with ``to``, only from a status ``ALLOWED`` to move there. The caller commits."""
+    where = [CapacitySearch.id == search.id, CapacitySearch.version == search.version]
+    if to is not None:
+        sources = [source.value for source, targets in ALLOWED.items() if to in targets]
+        where.append(CapacitySearch.status.in_(sources))
+        values["status"] = to.value
+        now = utcnow()
+        if to is JobStatus.RUNNING:
+            values.setdefault("started_at", now)
+        if to.is_finished:
+            values.setdefault("finished_at", now)
+            values["api_key_encrypted"] = None
+    statement = (update(CapacitySearch).where(*where).values(version=CapacitySearch.version + 1, **values)
+                 .execution_options(synchronize_session=False))
+    return db.session.execute(statement).rowcount == 1
+
+
+# --- creating ------------------------------------------------------------------------------------
+
+
+class SloBody(BaseModel):
+    model_config = STRICT
+
+    percentile: float = Field(default=95.0, ge=1, le=100)
+    ttft_ms: float | None = Field(default=None, gt=0, le=3_600_000)
+    tpot_ms: float | None = Field(default=None, gt=0, le=3_600_000)
+    latency_s: float | None = Field(default=None, gt=0, le=86_400)
+    error_rate: float | None = Field(default=None, ge=0, le=1)
+
+
+class SearchBody(BaseModel):
+    """What a capacity search adds to a stress test's body (which gives no ``concurrency``)."""
+
+    model_config = STRICT
+
+    start: int = Field(default=1, ge=1)
+    precision: int | str = 1
+    repeats: int = Field(default=2, ge=1, le=5)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    requests_per_slot: int = Field(default=2, ge=1, le=100)
+    slo: SloBody | None = None
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, value: int | str) -> int | str:
+        try:
+            return Precision.parse(value).as_json()
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def create_search(raw: Any, catalog: Any, config: dict[str, Any]) -> CapacitySearch:
+    """A queued search from a request body: the search's own fields, and a stress test's workload
+    validated as a stress job's is (``StressParams``, ``check_limits``) with ``start`` as its level."""
+    if not isinstance(raw, dict):
+        raise ApiError("body: must be a JSON object", field="body")
+    if "concurrency" in raw:
+        raise ApiError("concurrency: a capacity search chooses its own levels; give start and max_concurrency",
+                       field="concurrency")
+    own = {key: raw[key] for key in SearchBody.model_fields if key in raw}
+    search_body: SearchBody = parse_body(own, SearchBody)
+    workload = {key: value for key, value in raw.items() if key not in SearchBody.model_fields}
+    if "requests" in workload and not (isinstance(workload["requests"], int)
+                                       and not isinstance(workload["requests"], bool)):
+        raise ApiError("requests: must be a whole number (at least this many requests per probe)", field="requests")
+    workload.setdefault("requests", 1)
+    body: StressParams = parse_body({**workload, "concurrency": [search_body.start]}, StressParams)
+    settings = config["stress"]
+    params = check_limits(body, settings)
+    max_parallel, max_requests = int(settings["max_parallel"]), int(settings["max_requests"])
+    maximum = search_body.max_concurrency or max_parallel
+    if maximum > max_parallel:
+        raise ApiError(f"max_concurrency: at most {max_parallel} (stress.max_parallel)", field="max_concurrency")
+    if maximum < search_body.start:
+        raise ApiError(f"max_concurrency: must be at least start ({search_body.start})", field="max_concurrency")
+    if search_body.requests_per_slot * maximum > max_requests:
+        raise ApiError(f"requests_per_slot: {search_body.requests_per_slot} per slot at max_concurrency {maximum} "
+                       f"is more than {max_requests} requests (stress.max_requests)", field="requests_per_slot")
+    if params.get("dataset_file"):
+        dataset = get_dataset(params["dataset_file"])
+        if dataset is None or dataset.format != params["dataset"]:
+            raise ApiError(f"dataset_file: no uploaded {params['dataset']} dataset {params['dataset_file']!r}",
+                           field="dataset_file")
+    slo = (Slo.from_mapping(search_body.slo.model_dump()) if search_body.slo is not None
+           else Slo.from_mapping(config["results"]["slo"]))
+    if not slo.limits() and slo.error_rate is None:
+        raise ApiError("slo: give at least one limit (ttft_ms, tpot_ms, latency_s or error_rate)", field="slo")
+    target = stress_target(body, catalog, params)
+    requests = params.pop("requests")[0]
+    params.pop("concurrency")
+    search = CapacitySearch(model_key=target["key"], target=target, params=params, slo=slo.as_dict(),
+                            start=search_body.start, precision=str(search_body.precision),
+                            repeats=search_body.repeats, max_concurrency=maximum, requests=requests,
+                            requests_per_slot=search_body.requests_per_slot, probes=[])
+    if body.manual_config is not None and body.manual_config.api_key is not None:
+        search.api_key_encrypted = secrets.encrypt(config["server"]["secret_key"],
+                                                   body.manual_config.api_key.get_secret_value())
+    db.session.add(search)
+    db.session.commit()
+    log.info("capacity search %s queued: %s, %s", search.id, search.model_key, slo.describe())
+    return search
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def get_search(search_id: str) -> CapacitySearch:
+    search = db.session.get(CapacitySearch, search_id)
+    if search is None:
+        raise NotFound(f"no capacity search {search_id!r}")
+    return search
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    return spread(values).mean
+
+
+def search_dict(search: CapacitySearch) -> dict[str, Any]:
+    """The search as the API and its page show it: every probe with its figures and their spread, the
+    bracket, the capacity and why, and the cost at capacity."""
+    state = search.state()
+    found = outcome(state)
+    probes = []
+    for stored, probe in zip(search.probes or [], state.probes, strict=True):
+        levels = stored.get("levels") or []
+        probes.append({**probe_dict(probe, state.slo), "jobs": stored.get("jobs", []),
+                       "req_per_s": _mean_or_none([lv.get("req_per_s") for lv in levels]),
+                       "output_tokens_per_s": _mean_or_none([lv.get("output_tokens_per_s") for lv in levels]),
+                       "usd_per_m_output_tokens": _mean_or_none([(lv.get("cost") or {}).get("usd_per_m_output_tokens")
+                                                                 for lv in levels])})
+    at_capacity = next((p for p in probes if found.capacity is not None and p["concurrency"] == found.capacity), None)
+    if at_capacity is None:
+        cost = {"usd_per_m_output_tokens": None, "reason": "no capacity: no probe meets the SLO"}
+    elif at_capacity["usd_per_m_output_tokens"] is None:
+        stored = next(p for p in search.probes if p["concurrency"] == found.capacity)
+        reasons = {(lv.get("cost") or {}).get("reason") for lv in stored.get("levels") or []}
+        cost = {"usd_per_m_output_tokens": None, "reason": "; ".join(sorted(r for r in reasons if r)) or "unknown"}
+    else:
+        cost = {"usd_per_m_output_tokens": at_capacity["usd_per_m_output_tokens"],
+                "reason": f"mean over the {len(at_capacity['jobs'])} repeats at concurrency {found.capacity}"}
+    pending = dict(search.pending) if search.pending else None
+    jobs = [job for p in search.probes or [] for job in p.get("jobs", [])] + (pending or {}).get("jobs", [])
+    finished = search.is_finished
+    return {
+        "id": search.id, "status": search.status, "is_finished": finished,
+        "created_at": _iso(search.created_at), "started_at": _iso(search.started_at),
+        "finished_at": _iso(search.finished_at), "model": search.model_key,
+        "target": {k: v for k, v in dict(search.target).items() if k != "api_key_env"},
+        "params": dict(search.params), "slo": {**state.slo.as_dict(), "description": state.slo.describe()},
+        "start": search.start, "precision": _precision_raw(search.precision), "repeats": search.repeats,
+        "max_concurrency": search.max_concurrency, "requests": search.requests,
+        "requests_per_slot": search.requests_per_slot,
+        "probes": probes, "pending": pending,
+        "bracket": {"last_good": found.last_good, "first_bad": found.first_bad},
+        "capacity": found.capacity if finished and search.status == JobStatus.COMPLETED.value else None,
+        "capacity_so_far": found.last_good,
+        "reason": search.reason if finished else found.reason,
+        "next_probe": None if finished else found.next_probe,
+        "cost_at_capacity": cost,
+        "jobs": jobs,
+    }
+
+
+# --- cancelling ----------------------------------------------------------------------------------
+
+
+def _cancel_jobs(job_ids: Sequence[str]) -> None:
+    for job_id in job_ids:
+        if not transition(job_id, JobStatus.CANCELLED, StressJob.status == JobStatus.QUEUED.value,
+                          cancel_requested=True, error="cancelled with its capacity search"):
+            transition(job_id, JobStatus.CANCELLING, cancel_requested=True)
+
+
+def cancel_search(search_id: str) -> CapacitySearch:
+    """Queued: cancelled at once. Running: its probe job is cancelled now, and the worker ends the
+    search as ``cancelled`` when that job has finished (with the probes measured so far)."""
+    for _ in range(5):  # another writer (the worker) may have moved it meanwhile: read it again
+        search = get_search(search_id)
+        db.session.refresh(search)
+        if search.is_finished:
+            raise ApiError(f"capacity search {search_id} already {search.status}", status=409, code="conflict")
+        if search.job_status is JobStatus.QUEUED:
+            changed = _save(search, JobStatus.CANCELLED, cancel_requested=True, reason="cancelled before it started")
+        else:
+            changed = _save(search, JobStatus.CANCELLING, cancel_requested=True)
+            if search.job_status is JobStatus.CANCELLING:  # cancelled twice: the first is under way
+                changed = True
+        if changed:
+            _cancel_jobs((search.pending or {}).get("jobs", []))
+            db.session.commit()
+            db.session.refresh(search)
+            return search
+        db.session.rollback()
+    raise ApiError(f"capacity search {search_id} kept changing; try again", status=409, code="conflict")
+
+
+# --- advancing (the worker, every tick) ----------------------------------------------------------
+
+
+def advance_searches() -> None:
+    """One step of every active search; a search that fails to advance is logged and left for the next tick."""
+    active = [JobStatus.QUEUED.value, *(s.value for s in ACTIVE)]
+    ids = db.session.scalars(select(CapacitySearch.id).where(CapacitySearch.status.in_(active))
+                             .order_by(CapacitySearch.created_at)).all()
+    for search_id in ids:
+        try:
+            advance(search_id)
+        except Exception:  # one broken search must not stop the others, nor the worker's tick
+            db.session.rollback()
+            log.exception("capacity search %s: could not advance", search_id)
+
+
+def advance(search_id: str) -> None:
+    search = db.session.get(CapacitySearch, search_id, populate_existing=True)
+    if search is None or search.is_finished:
+        return
+    if search.job_status is JobStatus.QUEUED:
+        if not _save(search, JobStatus.RUNNING):
+            db.session.rollback()
+            return
+        db.session.commit()
+        search = db.session.get(CapacitySearch, search_id, populate_existing=True)
+    pending = dict(search.pending) if search.pending else None
+    jobs = [db.session.get(StressJob, job_id, populate_existing=True) for job_id in (pending or {}).get("jobs", [])]
+    if search.cancel_requested or search.job_status is JobStatus.CANCELLING:
+        _cancel_jobs([job.id for job in jobs if job is not None and not job.is_finished])
+        if all(job is None or job.is_finished for job in jobs):
+            _finish(search, JobStatus.CANCELLED, "cancelled by request" + _so_far(search))
+        else:
+            db.session.commit()
+        return
+    if pending is not None:
+        if any(job is not None and not job.is_finished for job in jobs):
+            return  # the probe job runs: nothing to do until it ends
+        failure = _unmeasured(jobs)
+        if failure is not None:
+            _finish(search, JobStatus.FAILED, f"probe at concurrency {pending['concurrency']}: {failure}"
+                    + _so_far(search))
+            return
+        if len(jobs) < search.repeats:
+            job = _queue_probe_job(search, int(pending["concurrency"]), len(jobs))
+            _commit_if(search, pending={**pending, "jobs": [*pending["jobs"], job.id]})
+            return
+        recorded = [*search.probes, _measure(search, int(pending["concurrency"]), jobs)]  # type: ignore[arg-type]
+        if not _commit_if(search, probes=recorded, pending=None):
+            return
+        search = db.session.get(CapacitySearch, search_id, populate_existing=True)
+    found = outcome(search.state())
+    if found.next_probe is None:
+        status = JobStatus.COMPLETED if found.judged else JobStatus.FAILED
+        _finish(search, status, found.reason)
+        return
+    job = _queue_probe_job(search, found.next_probe, 0)
+    _commit_if(search, pending={"concurrency": found.next_probe, "jobs": [job.id]})
+
+
+def _commit_if(search: CapacitySearch, **values: Any) -> bool:
+    if _save(search, **values):
+        db.session.commit()
+        return True
+    db.session.rollback()
+    return False
+
+
+def _finish(search: CapacitySearch, status: JobStatus, reason: str) -> None:
+    if _save(search, status, reason=reason):
+        db.session.commit()
+        log.info("capacity search %s %s: %s", search.id, status.value, reason)
+    else:
+        db.session.rollback()
+
+
+def _so_far(search: CapacitySearch) -> str:
+    found = outcome(search.state())
+    if found.last_good is None and found.first_bad is None:
+        return ""
+    return f" (so far: last good {found.last_good}, first bad {found.first_bad})"
+
+
+def _unmeasured(jobs: Sequence[StressJob | None]) -> str | None:
+    """Why a probe's finished jobs give no measurement, or None when each has its complete level."""
+    for job in jobs:
+        if job is None:
+            return "a probe job was deleted before it was recorded"
+        level = next((lv for lv in job.levels if lv.position == 0), None)
+        if level is None or not level.complete:
+            return f"stress job {job.id} ended {job.status} without a complete level ({job.error or 'no reason'})"
+    return None
+
+
+def requests_for(search: CapacitySearch, concurrency: int) -> int:
+    """A probe job's requests: enough for every slot to send ``requests_per_slot`` of them."""
+    return max(search.requests, search.requests_per_slot * concurrency)
+
+
+def _queue_probe_job(search: CapacitySearch, concurrency: int, repeat: int) -> StressJob:
+    count = requests_for(search, concurrency)
+    params = {**dict(search.params), "concurrency": [concurrency], "requests": [count]}
+    job = StressJob(model_key=search.model_key, target=dict(search.target), params=params,
+                    estimated_requests=count, token_source="tokenizer" if params.get("tokenizer") else "server",
+                    api_key_encrypted=search.api_key_encrypted, search_id=search.id,
+                    progress={"percent": 0.0, "level": 0, "levels": 1, "concurrency": None, "processed": 0,
+                              "total": count, "search": {"id": search.id, "repeat": repeat + 1}})
+    db.session.add(job)
+    db.session.flush()
+    return job
+
+
+def _measure(search: CapacitySearch, concurrency: int, jobs: Sequence[StressJob]) -> dict[str, Any]:
+    """A probe's record: per repeat, the SLO's figures (at its percentile, from the per-request rows, as
+    ``backend.results.metrics.judge`` computes them) and the level's throughput and cost."""
+    slo = Slo.from_mapping(search.slo)
+    repeats, levels = [], []
+    for job in jobs:
+        table = load_requests(job.id)
+        results = job_results(job, slo, table)
+        level = next(lv for lv in results["levels"] if lv["position"] == 0)
+        columns = table.columns(0) if 0 in table.positions() else None
+        figures: dict[str, float | None] = {}
+        for name in LIMITED:
+            if columns is not None and len(columns):
+                figures[name] = percentile(columns.ok_values(name), slo.percentile)
+            else:  # a level without per-request rows: its own percentile, when the row keeps it
+                figures[name] = level["metrics"].get(name, {}).get(f"p{slo.percentile:g}")
+        figures["error_rate"] = level["error_rate"]
+        repeats.append(figures)
+        levels.append({"job": job.id, "requests": level["requests"], "failed": level["failed"],
+                       "req_per_s": level["req_per_s"], "output_tokens_per_s": level["output_tokens_per_s"],
+                       "goodput": level["goodput"], "cost": level["cost"]})
+    return {"concurrency": concurrency, "jobs": [job.id for job in jobs], "repeats": repeats, "levels": levels}

@@ -95,6 +95,8 @@ class StressJob(db.Model):
     failed_requests: Mapped[int | None] = mapped_column(Integer)
     token_source: Mapped[str | None] = mapped_column(String(16))  # "server" (usage) | "tokenizer"
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The capacity search this job is a probe of (backend/results/capacity_search.py); None otherwise.
+    search_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
     levels: Mapped[list[StressLevel]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="StressLevel.position",

@@ -54,6 +54,7 @@ from sqlalchemy import func, select
 
 from backend.config import PROJECT_ROOT
 from backend.db import db
+from backend.results.capacity_search import advance_searches
 from backend.results.ingest import pack_columns, read_level_file, store_requests
 from backend.results.metrics import level_from_requests
 from backend.stress import secrets
@@ -202,6 +203,7 @@ class Worker:
             self.follow(running)
         if time.monotonic() - self._last_recovery > float(self.settings["worker_stale_s"]):
             self.recover()
+        advance_searches()  # capacity searches queue their probes as ordinary jobs, claimed below
         while len(self.running) < int(self.settings["max_concurrent"]):
             job = self.claim()
             if job is None:
