@@ -1,0 +1,73 @@
+"""The capacity search end to end: the API, the worker in a thread, the real ``evalscope perf`` for every
+probe job, against a simulator whose capacity model makes the true limit computable.
+
+For concurrency c within the batch, a decode step lasts ``decode_base_ms + decode_ms_per_seq * c``, so
+TPOT is about that; with p95 TPOT <= L the limit is ``floor((L - decode_base_ms) / decode_ms_per_seq)``.
+L is put half a step between two levels so that the measurement's own overhead (a fraction of a
+millisecond per token) does not decide the verdict; the search must land within one precision step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from tests.support.simulator import SimulatorProcess
+from tests.support.stress import ThreadWorker, make_app, wait_for
+
+DECODE_BASE_MS, DECODE_MS_PER_SEQ = 10.0, 4.0
+PROFILE = (f"sim-fast:decode_base_ms={DECODE_BASE_MS:g},decode_ms_per_seq={DECODE_MS_PER_SEQ:g},max_batch=1000,"
+           "min_output_tokens=12,max_output_tokens=12")
+TPOT_LIMIT_MS = DECODE_BASE_MS + DECODE_MS_PER_SEQ * 5.5  # between concurrency 5 and 6
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorProcess]:
+    with SimulatorProcess(seed=23, extra_args=["--profile", PROFILE]) as process:
+        yield process
+
+
+@pytest.fixture
+def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim: SimulatorProcess) -> Iterator[tuple[Flask, Any]]:
+    monkeypatch.setenv("ENVIRONMENT", "test")
+    app = make_app(tmp_path, sim.port)
+    worker = ThreadWorker(app)
+    yield app, app.test_client()
+    worker.close()
+
+
+def test_the_search_lands_within_one_step_of_the_simulators_limit(stack: tuple[Flask, Any]) -> None:
+    _app, client = stack
+    expected = math.floor((TPOT_LIMIT_MS - DECODE_BASE_MS) / DECODE_MS_PER_SEQ)
+    assert expected == 5
+    response = client.post("/api/v1/capacity-searches", json={
+        "model": "sim-fast", "prompt": "x", "output_tokens": 12, "requests": 2, "requests_per_slot": 2,
+        "repeats": 2, "precision": 1, "max_concurrency": 64, "slo": {"percentile": 95, "tpot_ms": TPOT_LIMIT_MS}})
+    assert response.status_code == 201, response.json
+    search_id = response.json["id"]
+    result = wait_for(lambda: (s := client.get(f"/api/v1/capacity-searches/{search_id}").json)["is_finished"] and s,
+                      150, "the capacity search to end", interval=0.5)
+    assert result["status"] == "completed", result
+    assert abs(result["capacity"] - expected) <= 1, result
+    low, high = result["bracket"]["last_good"], result["bracket"]["first_bad"]
+    assert high - low == 1 and low == result["capacity"]
+    # doubling from 1, then bisection: every probe run twice, each repeat an ordinary completed stress job
+    order = [p["concurrency"] for p in result["probes"]]
+    assert order[:3] == [1, 2, 4] and len(order) == len(set(order))
+    for probe in result["probes"]:
+        assert len(probe["jobs"]) == 2
+        measured = probe["mean"]["tpot_ms"]
+        model = DECODE_BASE_MS + DECODE_MS_PER_SEQ * probe["concurrency"]
+        assert model * 0.9 < measured < model * 1.3, probe  # the simulator's step, seen through evalscope
+        assert probe["verdict"]["meets"] is (measured <= TPOT_LIMIT_MS)
+    for job_id in result["jobs"]:
+        job = client.get(f"/api/v1/stress-tests/{job_id}").json
+        assert job["status"] == "completed" and len(job["levels"]) == 1
+    print(f"\ncapacity search: computed limit {expected}, landed on {result['capacity']} "
+          f"(bracket {low}-{high}), probes {order}, p95 TPOT means "
+          f"{[round(p['mean']['tpot_ms'], 2) for p in result['probes']]}")
