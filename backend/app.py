@@ -48,6 +48,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(stress_api.bp)
     app.register_blueprint(results_api.bp)
     app.register_blueprint(capacity_api.bp)
+    app.register_blueprint(capacity_api.pages_bp)
     app.register_blueprint(results_pages.bp)  # before web_bp, whose /results placeholder it replaces
     app.register_blueprint(web_bp)
     app.register_blueprint(catalog_pages.bp)

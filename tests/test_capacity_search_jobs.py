@@ -202,3 +202,24 @@ def test_unknown_search_is_404(app: Flask) -> None:
     client = app.test_client()
     assert client.get("/api/v1/capacity-searches/nope").status_code == 404
     assert client.post("/api/v1/capacity-searches/nope/cancel").status_code == 404
+
+
+def test_the_page_shows_the_probes_and_the_curve_of_a_finished_search(app: Flask) -> None:
+    search_id = create(app, slo={"tpot_ms": 31}, label="<b>mine</b>")["id"]
+    drive(app, search_id, lambda c: 10 + 2 * c)
+    page = app.test_client().get(f"/results/capacity/{search_id}")
+    assert page.status_code == 200
+    assert "<b>mine</b>" not in page.text and "&lt;b&gt;mine&lt;/b&gt;" in page.text  # escaped
+    assert "js/capacity.js" in page.text and "<script>" not in page.text  # no inline script
+    assert 'data-finished="true"' in page.text and "concurrency 10" in page.text
+    assert page.text.count('<span class="badge ok">meets</span>') == 5  # 1 2 4 8 10
+    assert page.text.count('<span class="badge bad">breaks tpot_ms</span>') == 3  # 16 12 11
+    [tpot, throughput] = search_of(app, search_id)["figures"]
+    curve = tpot["data"][0]
+    assert curve["x"] == [1, 2, 4, 8, 10, 11, 12, 16]
+    # the mean over repeats of each repeat's p95 (nearest rank; rows at tpot + 0.00, + 0.01, ...): at c=1
+    # 3 rows (12.00 12.01 12.02), the 3rd; at c=10 20 rows, the 19th
+    assert curve["y"][0] == pytest.approx(12.02) and curve["y"][4] == pytest.approx(30.18)
+    assert tpot["data"][1]["y"] == [31, 31]  # the limit
+    assert throughput["layout"]["shapes"][0]["x0"] == 10  # the capacity marked
+    assert app.test_client().get("/results/capacity/nope").status_code == 404

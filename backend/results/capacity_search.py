@@ -38,6 +38,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.db import db
 from backend.errors import ApiError, NotFound
+from backend.results.figures import _clean, _figure
 from backend.results.metrics import LIMITED, Slo, percentile
 from backend.results.service import job_results, load_requests
 from backend.stress import secrets
@@ -465,7 +466,45 @@ def search_dict(search: CapacitySearch) -> dict[str, Any]:
         "next_probe": None if finished else found.next_probe,
         "cost_at_capacity": cost,
         "jobs": jobs,
+        "figures": search_figures(probes, state.slo, found.capacity),
     }
+
+
+def search_figures(probes: Sequence[Mapping[str, Any]], slo: Slo, capacity: int | None) -> list[dict[str, Any]]:
+    """The curve as plotly JSON (``backend.results.figures``' conventions): each figure the SLO bounds
+    against concurrency, the mean of the repeats with their min-max as error bars and the limit as a
+    dashed line, then the throughput with the capacity marked. Probes in concurrency order."""
+    ordered = sorted(probes, key=lambda p: p["concurrency"])
+    x = [p["concurrency"] for p in ordered]
+    colours = ["#15803d" if p["verdict"]["meets"] else "#b91c1c" if p["verdict"]["meets"] is False else "#6b7280"
+               for p in ordered]
+    limits = {**slo.limits(), **({"error_rate": slo.error_rate} if slo.error_rate is not None else {})}
+    units = {"ttft_ms": "ms", "tpot_ms": "ms", "latency_s": "s", "error_rate": "fraction"}
+    figures = []
+    for name, limit in limits.items():
+        spreads = [p["spread"][name] for p in ordered]
+        means = [_clean(s["mean"]) for s in spreads]
+        label = _names([name], slo)
+        trace = {"type": "scatter", "mode": "lines+markers", "name": f"{label} (mean of repeats)", "x": x, "y": means,
+                 "marker": {"color": colours, "size": 9},
+                 "error_y": {"type": "data", "symmetric": False,
+                             "array": [_clean(s["max"] - s["mean"]) if s["mean"] is not None else None
+                                       for s in spreads],
+                             "arrayminus": [_clean(s["mean"] - s["min"]) if s["mean"] is not None else None
+                                            for s in spreads]}}
+        line = {"type": "scatter", "mode": "lines", "name": f"limit {limit:g} {units[name]}",
+                "x": [min(x, default=1), max(x, default=1)], "y": [limit, limit],
+                "line": {"dash": "dash", "color": "#b91c1c"}, "hoverinfo": "skip"}
+        figures.append(_figure(f"{label} against concurrency", [trace, line], "concurrency", units[name],
+                               xaxis={"type": "log", "tickvals": x} if x else None))
+    throughput = {"type": "scatter", "mode": "lines+markers", "name": "output tokens/s", "x": x,
+                  "y": [_clean(p["output_tokens_per_s"]) for p in ordered], "marker": {"color": colours, "size": 9}}
+    shapes = ([{"type": "line", "xref": "x", "yref": "paper", "x0": capacity, "x1": capacity, "y0": 0, "y1": 1,
+                "line": {"dash": "dot", "color": "#15803d"}}] if capacity is not None else [])
+    figures.append(_figure("Throughput, and the capacity found" if capacity is not None else "Throughput",
+                           [throughput], "concurrency", "output tokens/s",
+                           xaxis={"type": "log", "tickvals": x} if x else None, shapes=shapes))
+    return figures
 
 
 # --- cancelling ----------------------------------------------------------------------------------
