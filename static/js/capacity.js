@@ -5,6 +5,9 @@
   "use strict";
   const POLL_MS = 2000;
   const RESULTS = "/results/";
+  // The classes templates/_format.html's status_badge gives each status.
+  const STATUS_CLASS = {running: "run", cancelling: "warn", completed: "ok", failed: "bad", cancelled: "warn",
+    interrupted: "bad"};
 
   function fixed(value, digits) {
     return value === null || value === undefined ? "—" : Number(value).toFixed(digits);
@@ -68,7 +71,11 @@
     const status = document.getElementById("search-status");
     if (status) {
       const span = status.querySelector(".job-status");
-      if (span) { span.textContent = search.status; span.dataset.status = search.status; }
+      if (span) {
+        span.textContent = search.status;
+        span.dataset.status = search.status;
+        span.className = "badge job-status " + (STATUS_CLASS[search.status] || "");
+      }
     }
     setText("search-capacity", search.capacity !== null ? "concurrency " + search.capacity
       : (search.is_finished ? "none" : "searching"));
