@@ -10,6 +10,8 @@ millisecond per token) does not decide the verdict; the search must land within 
 from __future__ import annotations
 
 import math
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import pytest
 from flask import Flask
 
 from tests.support.simulator import SimulatorProcess
-from tests.support.stress import ThreadWorker, make_app, wait_for
+from tests.support.stress import ThreadWorker, make_app, wait_for, worker_process
 
 DECODE_BASE_MS, DECODE_MS_PER_SEQ = 10.0, 4.0
 PROFILE = (f"sim-fast:decode_base_ms={DECODE_BASE_MS:g},decode_ms_per_seq={DECODE_MS_PER_SEQ:g},max_batch=1000,"
@@ -71,3 +73,36 @@ def test_the_search_lands_within_one_step_of_the_simulators_limit(stack: tuple[F
     print(f"\ncapacity search: computed limit {expected}, landed on {result['capacity']} "
           f"(bracket {low}-{high}), probes {order}, p95 TPOT means "
           f"{[round(p['mean']['tpot_ms'], 2) for p in result['probes']]}")
+
+
+def test_a_search_survives_its_worker_being_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   sim: SimulatorProcess) -> None:
+    """SIGKILL to the worker while a probe job runs: a new worker re-attaches to that job's evalscope (or
+    ends it from its outputs) and carries the search on from its rows to the same limit."""
+    monkeypatch.setenv("ENVIRONMENT", "test")
+    client = make_app(tmp_path, sim.port).test_client()
+    search_id = client.post("/api/v1/capacity-searches", json={
+        "model": "sim-fast", "prompt": "x", "output_tokens": 12, "requests": 2, "repeats": 1,
+        "max_concurrency": 64, "slo": {"tpot_ms": TPOT_LIMIT_MS}}).json["id"]
+
+    def search() -> dict[str, Any]:
+        return client.get(f"/api/v1/capacity-searches/{search_id}").json
+
+    worker = worker_process(tmp_path, sim.port)
+    try:
+        # killed while the third probe's job runs, after two probes are recorded
+        wait_for(lambda: len(search()["probes"]) >= 2 and search()["pending"], 90, "two probes recorded")
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        before = search()
+        assert not before["is_finished"]
+        worker = worker_process(tmp_path, sim.port)
+        result = wait_for(lambda: (s := search())["is_finished"] and s, 120, "the search to end", interval=0.5)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+    assert result["status"] == "completed", result
+    assert abs(result["capacity"] - 5) <= 1, result
+    assert [p["concurrency"] for p in result["probes"]][:len(before["probes"])] == \
+        [p["concurrency"] for p in before["probes"]]
