@@ -50,6 +50,7 @@ def init_app(app: Flask) -> None:
     migrate.init_app(app, db)
     # Import the models so that Alembic and create_all see every table.
     from backend.inference import models as _inference_models  # noqa: F401
+    from backend.results import capacity_search as _capacity_models  # noqa: F401
     from backend.results import models as _results_models  # noqa: F401
     from backend.stress import models as _stress_models  # noqa: F401
 

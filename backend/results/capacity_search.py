@@ -45,7 +45,7 @@ from backend.stress import secrets
 from backend.stress.datasets import get_dataset
 from backend.stress.models import ACTIVE, ALLOWED, JobStatus, StressJob, new_job_id, transition, utcnow
 from backend.stress.params import StressParams, check_limits
-from backend.stress.service import _target as stress_target
+from backend.stress.service import resolve_target
 from backend.validation import STRICT, parse_body
 
 FIGURES = ("ttft_ms", "tpot_ms", "latency_s", "error_rate")
@@ -387,7 +387,7 @@ def create_search(raw: Any, catalog: Any, config: dict[str, Any]) -> CapacitySea
            else Slo.from_mapping(config["results"]["slo"]))
     if not slo.limits() and slo.error_rate is None:
         raise ApiError("slo: give at least one limit (ttft_ms, tpot_ms, latency_s or error_rate)", field="slo")
-    target = stress_target(body, catalog, params)
+    target = resolve_target(body, catalog, params)
     requests = params.pop("requests")[0]
     params.pop("concurrency")
     search = CapacitySearch(model_key=target["key"], target=target, params=params, slo=slo.as_dict(),

@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 # --- creating ------------------------------------------------------------------------------------
 
 
-def _target(body: StressParams, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
+def resolve_target(body: StressParams, catalog: Catalog, params: dict[str, Any]) -> dict[str, Any]:
+    """Where a stress test's load goes (stored on its row; never the key): a catalogue model or a manual
+    endpoint, checked against the parameters. Capacity searches resolve their probes' target with it too."""
     if body.manual_config is not None:
         manual = body.manual_config
         url = manual.api_url or manual.base_url.rstrip("/") + "/chat/completions"  # type: ignore[union-attr]
@@ -88,7 +90,7 @@ def create_job(body: StressParams, catalog: Catalog, config: dict[str, Any]) -> 
         if dataset.format != params["dataset"]:
             raise ApiError(f"dataset_file: that file was uploaded as {dataset.format!r}, not {params['dataset']!r}",
                            field="dataset_file")
-    target = _target(body, catalog, params)
+    target = resolve_target(body, catalog, params)
     job = StressJob(model_key=target["key"], target=target, params=params,
                     estimated_requests=sum(params["requests"]),
                     token_source="tokenizer" if params.get("tokenizer") else "server",
