@@ -43,7 +43,7 @@ from backend.results.metrics import LIMITED, Slo, percentile
 from backend.results.service import job_results, load_requests
 from backend.stress import secrets
 from backend.stress.datasets import get_dataset
-from backend.stress.models import ACTIVE, ALLOWED, JobStatus, StressJob, new_job_id, transition, utcnow
+from backend.stress.models import ACTIVE, JobStatus, StressJob, new_job_id, transition, utcnow
 from backend.stress.params import StressParams, check_limits
 from backend.stress.service import resolve_target
 from backend.validation import STRICT, parse_body
@@ -300,19 +300,13 @@ def _precision_raw(stored: str) -> int | str:
 
 def _save(search: CapacitySearch, to: JobStatus | None = None, **values: Any) -> bool:
     """One conditional UPDATE: applies only if nobody changed the search since it was read (its
-    ``version``) and, with ``to``, only from a status ``ALLOWED`` to move there. The caller commits."""
-    where = [CapacitySearch.id == search.id, CapacitySearch.version == search.version]
+    ``version``) and, with ``to``, only through the status change stress jobs use (``transition``).
+    The caller commits."""
+    unchanged = CapacitySearch.version == search.version
+    values["version"] = CapacitySearch.version + 1
     if to is not None:
-        sources = [source.value for source, targets in ALLOWED.items() if to in targets]
-        where.append(CapacitySearch.status.in_(sources))
-        values["status"] = to.value
-        now = utcnow()
-        if to is JobStatus.RUNNING:
-            values.setdefault("started_at", now)
-        if to.is_finished:
-            values.setdefault("finished_at", now)
-            values["api_key_encrypted"] = None
-    statement = (update(CapacitySearch).where(*where).values(version=CapacitySearch.version + 1, **values)
+        return transition(search.id, to, unchanged, model=CapacitySearch, **values)
+    statement = (update(CapacitySearch).where(CapacitySearch.id == search.id, unchanged).values(**values)
                  .execution_options(synchronize_session=False))
     return db.session.execute(statement).rowcount == 1
 

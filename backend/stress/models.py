@@ -214,13 +214,15 @@ class StressWorker(db.Model):
 
 
 def transition(job_id: str | ColumnElement[Any], to: JobStatus, *extra_where: ColumnElement[bool],
-               **values: Any) -> bool:
+               model: Any = None, **values: Any) -> bool:
     """Move a job to ``to`` if its current status allows it; True when this call made the change.
 
     The check and the write are one UPDATE, so concurrent callers (API and worker, or two workers
     claiming) cannot both move the same job. Finishing sets ``finished_at`` and wipes the encrypted
-    key; starting sets ``started_at``. The caller commits.
+    key; starting sets ``started_at``. ``model`` is the job's table: a stress job by default, or
+    another kind with the same status columns (a capacity search). The caller commits.
     """
+    model = model or StressJob
     sources = [source.value for source, targets in ALLOWED.items() if to in targets]
     if not sources:
         raise TransitionError(f"no status may move to {to!r}")
@@ -231,8 +233,8 @@ def transition(job_id: str | ColumnElement[Any], to: JobStatus, *extra_where: Co
     if to.is_finished:
         changes.setdefault("finished_at", now)
         changes["api_key_encrypted"] = None
-    statement = (update(StressJob)
-                 .where(StressJob.id == job_id, StressJob.status.in_(sources), *extra_where)
+    statement = (update(model)
+                 .where(model.id == job_id, model.status.in_(sources), *extra_where)
                  .values(**changes)
                  .execution_options(synchronize_session=False))
     return db.session.execute(statement).rowcount == 1
