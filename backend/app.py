@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask
 
-from backend import db, errors, logging_setup
+from backend import db, errors, logging_setup, security
 from backend.config import PROJECT_ROOT, ConfigError, load_config
 
 
@@ -27,10 +27,13 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     logging_setup.init_app(app)
     db.init_app(app)
     errors.init_app(app)
+    security.init_app(app)  # CSRF refusal, sign-in and roles, security headers (backend/security/)
 
     from backend.catalog import api as catalog_api
     from backend.catalog import pages as catalog_pages
     from backend.catalog import service as catalog_service
+    from backend.evaluations import api as evaluations_api
+    from backend.evaluations import pages as evaluation_pages
     from backend.health import bp as health_bp
     from backend.inference import api as inference_api
     from backend.inference import pages as inference_pages
@@ -46,6 +49,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(catalog_api.bp)
     app.register_blueprint(inference_api.bp)
     app.register_blueprint(stress_api.bp)
+    from backend.jobs import api as jobs_api
+    app.register_blueprint(jobs_api.bp)
     app.register_blueprint(results_api.bp)
     app.register_blueprint(capacity_api.bp)
     app.register_blueprint(capacity_api.pages_bp)
@@ -54,4 +59,13 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(catalog_pages.bp)
     app.register_blueprint(inference_pages.bp)
     app.register_blueprint(stress_pages.bp)
+    from backend.evaluations import datasets_api, datasets_pages
+    app.register_blueprint(datasets_api.bp), app.register_blueprint(datasets_pages.bp)
+    app.register_blueprint(evaluations_api.bp)
+    evaluation_pages.init_app(app)  # the review API and the evaluation pages
+    from backend.analytics import api as analytics_api
+    from backend.analytics import pages as analytics_pages
+    app.register_blueprint(analytics_api.bp), app.register_blueprint(analytics_pages.bp)
+    from backend import openapi
+    openapi.init_app(app)  # GET /api/v1/openapi.json and /api/docs, built from the routes above
     return app

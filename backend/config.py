@@ -26,6 +26,7 @@ ALIASES: dict[str, str] = {
     "PORT": "server.port",
     "SECRET_KEY": "server.secret_key",
     "DATABASE_PATH": "database.path",
+    "DATABASE_URL": "database.url",
     "LOG_LEVEL": "logging.level",
     "AWS_REGION": "aws.region",
     "SIMULATOR_PORT": "simulator.port",
@@ -92,7 +93,51 @@ def load_config(
     config = deep_merge(config, env_overrides(environ, config))
     config = deep_merge(config, overrides or {})
     config["environment"] = environment
+    _check_security(config)
+    _check_targets(config)
     return config
+
+
+def _check_security(config: dict[str, Any]) -> None:
+    """The ``auth`` and ``security`` keys (backend/security/): types checked here, so that a typo fails at
+    start-up; authentication is forced on in production whatever the files or variables say."""
+    auth = config.setdefault("auth", {})
+    if config["environment"] == "production":
+        auth["enabled"] = True
+    if not isinstance(auth.get("enabled", False), bool):
+        raise ConfigError(f"auth.enabled must be true or false, not {auth.get('enabled')!r}")
+    tokens = auth.get("tokens") or []
+    if isinstance(tokens, str):
+        tokens = [part for part in tokens.split(",") if part.strip()]
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise ConfigError("auth.tokens must be a list of \"role:token\" strings (or one comma-separated string)")
+    auth["tokens"] = tokens
+    hours = auth.get("session_hours", 12)
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or hours <= 0:
+        raise ConfigError(f"auth.session_hours must be a positive number, not {hours!r}")
+    for key, default, kind in (("login_max_failures", 5, int), ("login_window_s", 300, int | float)):
+        value = auth.setdefault(key, default)
+        if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+            raise ConfigError(f"auth.{key} must be a positive number, not {value!r}")
+    security = config.setdefault("security", {})
+    origins = security.get("cors_origins") or []
+    if isinstance(origins, str):
+        origins = [part.strip() for part in origins.split(",") if part.strip()]
+    for origin in origins:
+        if not isinstance(origin, str) or not origin.startswith(("http://", "https://")) or \
+                origin.rstrip("/").count("/") != 2:
+            raise ConfigError(f"security.cors_origins: {origin!r} is not an origin like https://host:port")
+    security["cors_origins"] = [origin.rstrip("/") for origin in origins]
+
+
+def _check_targets(config: dict[str, Any]) -> None:
+    """``targets.*`` (backend/security/targets.py): a rule that cannot be read fails at start-up."""
+    from backend.security.targets import check_config
+
+    try:
+        config["targets"] = check_config(config.get("targets") or {})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def resolve_path(path: str | os.PathLike[str]) -> Path:

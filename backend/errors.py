@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, jsonify, make_response, render_template, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,10 @@ class ApiError(Exception):
         code: str = "bad_request",
         field: str | None = None,
         details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = dict(headers or {})
         self.message = message
         self.status = status
         self.code = code
@@ -48,7 +51,13 @@ def _wants_json() -> bool:
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def handle_api_error(exc: ApiError):  # type: ignore[no-untyped-def]
-        return jsonify(error_body(exc.code, exc.message, exc.details)), exc.status
+        if not _wants_json():
+            # A page refused before its view ran (a NUL in the query, say): the message in the layout.
+            response = make_response(_error_page(exc.status, exc.code.replace("_", " ").capitalize(), exc.message))
+        else:
+            response = make_response(jsonify(error_body(exc.code, exc.message, exc.details)), exc.status)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def handle_http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
@@ -56,6 +65,27 @@ def init_app(app: Flask) -> None:
             return _error_page(exc.code or 500, exc.name, exc.description or exc.name)
         code = (exc.name or "error").lower().replace(" ", "_")
         return jsonify(error_body(code, exc.description or exc.name)), exc.code or 500
+
+    @app.errorhandler(OperationalError)
+    def handle_database_error(exc: OperationalError):  # type: ignore[no-untyped-def]
+        """A write that waited out the busy timeout (another process held the lock) is a 503 to retry,
+        not a 500: nothing was stored, and the same request can be sent again in a moment."""
+        if "database is locked" not in str(exc.orig) and "database is busy" not in str(exc.orig):
+            return handle_unexpected(exc)
+        from backend.db import db
+
+        db.session.rollback()
+        log.warning("%s %s: the database stayed locked by another writer; answered 503", request.method,
+                    request.path)
+        message = "the database is busy (another process is writing); nothing was stored, try again shortly"
+        if _wants_json():
+            response = jsonify(error_body("busy", message))
+        else:
+            response = _error_page(503, "Service Unavailable", message)
+            response = make_response(response)
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):  # type: ignore[no-untyped-def]

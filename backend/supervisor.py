@@ -196,8 +196,9 @@ def platform_children(config: dict[str, Any], log_dir: Path) -> list[ChildSpec]:
         ChildSpec("simulator", [python, "-m", "backend.simulator", "--host", "127.0.0.1",
                                 "--port", str(config["simulator"]["port"])], log_path=log_dir / "simulator.log"),
         ChildSpec("gunicorn", [python, "-m", "gunicorn", "--config", "config/gunicorn.conf.py"], essential=True),
-        # Runs the evalscope jobs; on SIGTERM it stops them (finished levels kept).
-        ChildSpec("stress-worker", [python, "-m", "backend.stress.worker"], log_path=log_dir / "stress-worker.log"),
+        # The one job worker (every kind: stress tests, capacity searches' probes, evaluations); on SIGTERM it
+        # stops the jobs it runs (what they finished kept). Its name and log keep the stress worker's.
+        ChildSpec("stress-worker", [python, "-m", "backend.jobs.worker"], log_path=log_dir / "stress-worker.log"),
     ]
 
 

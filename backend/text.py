@@ -6,8 +6,11 @@ from typing import Any
 
 
 def scrub(text: str) -> str:
-    """Text made storable: each lone surrogate becomes U+FFFD (for what we receive but cannot refuse,
-    such as a model's answer; requests with one are refused, ``backend.validation.check_text``)."""
+    """Text made storable: each lone surrogate and each NUL character becomes U+FFFD (for what we receive
+    but cannot refuse, such as a model's answer; requests with one are refused,
+    ``backend.validation.check_text``). PostgreSQL's text and JSONB refuse NUL; SQLite would keep it."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
     if text.isascii():
         return text
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")

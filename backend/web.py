@@ -38,7 +38,9 @@ def render(page: str, fragment: str, **context: Any) -> Response:
 @bp.get("/")
 def home():  # type: ignore[no-untyped-def]
     """The home page: each feature supplies its own panel (its ``home_context`` and ``_home.html``)."""
+    from backend.analytics.pages import home_context as analytics_home
     from backend.catalog.service import get_catalog
+    from backend.evaluations.pages import home_context as evaluations_home
     from backend.inference.pages import home_context as inference_home
     from backend.results.pages import home_context as results_home
     from backend.stress.pages import home_context as stress_home
@@ -46,6 +48,7 @@ def home():  # type: ignore[no-untyped-def]
     inference, stress, results = inference_home(), stress_home(), results_home()
     first_run = not (inference["recent_runs"] or stress["active_total"] or stress["finished_jobs"])
     return render_template("home/index.html", inference=inference, stress=stress, results=results,
+                           evaluations=evaluations_home(), analytics=analytics_home(),
                            first_run=first_run, starter_models=starter_models(get_catalog().models))
 
 

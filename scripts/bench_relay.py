@@ -15,6 +15,12 @@ process (asyncio + aiohttp, uvloop when present) that splits SSE incrementally a
 with the time its bytes arrived. Phases alternate direct/relay and repeat; the figures are medians
 over repeats of in-run differences (relay minus direct), because the 2-core machine is shared and noisy.
 A last phase holds 1,000 slow clients (sim-slow, 1 token/s, 5 tokens per model).
+
+``--database postgresql`` runs the same on a throwaway PostgreSQL server (scripts/benchkit.py's
+``ThrowawayPostgres``) that gunicorn reaches through ``DATABASE_URL`` (psycopg 3): every relayed request
+writes its run and results rows there. It first checks that psycopg waits cooperatively under gevent
+(``GEVENT_CHECK``: many greenlets of one patched process each run ``SELECT pg_sleep(0.5)``; cooperative,
+they take ~0.5 s together, not N x 0.5 s, and the event loop never stalls), then runs the phases.
 """
 
 from __future__ import annotations
@@ -30,7 +36,17 @@ import sys
 import time
 from typing import Any
 
-from benchkit import PYTHON, ROOT, Platform, cpu_seconds_total, machine_busy_s, median, pct, rss_mb
+from benchkit import (
+    PYTHON,
+    ROOT,
+    Platform,
+    ThrowawayPostgres,
+    cpu_seconds_total,
+    machine_busy_s,
+    median,
+    pct,
+    rss_mb,
+)
 
 MODELS_FILE = ROOT / "scripts" / "bench_models.yaml"
 
@@ -46,6 +62,122 @@ TARGETS = {  # clients: (added TTFT p99 ms, added inter-token gap p99 ms)
     100: (25.0, 10.0),
     200: (50.0, 20.0),
 }
+
+
+# --- does psycopg wait cooperatively under gevent? (runs in its own, patched, process) -------------
+
+# argv: the database URL, greenlets, seconds each sleeps in PostgreSQL. Prints one JSON line. Three runs,
+# each beside a ticker greenlet that records the event loop's longest stall (a 5 ms sleep that woke late):
+# raw: psycopg connections of its own, one per greenlet; app: the platform's engine (its pool) through
+# db.session in an app context per greenlet, as a request does; control: gevent's unpatched time.sleep, a
+# call that blocks the loop (it shows what blocking looks like: N x the sleep, and a stall as long).
+GEVENT_CHECK = r"""
+from gevent import monkey
+monkey.patch_all()
+import json, sys, time
+import gevent, psycopg
+from sqlalchemy import text
+url, count, sleep_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+
+def schedstat():
+    # this thread's (every greenlet's) time on a CPU and waiting for one, in seconds
+    with open("/proc/thread-self/schedstat") as f:
+        on_cpu, waiting = f.read().split()[:2]
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+def timed(work, n):
+    stall = [0.0, 0.0, 0.0]  # the longest stall; what the process did meanwhile: on a CPU, waiting for one
+    done = [False]
+    def ticker():
+        while not done[0]:
+            before, (cpu, waiting) = time.perf_counter(), schedstat()
+            gevent.sleep(0.005)
+            late = time.perf_counter() - before - 0.005
+            if late > stall[0]:
+                after = schedstat()
+                stall[:] = [late, after[0] - cpu, after[1] - waiting]
+    probe = gevent.spawn(ticker)
+    gevent.sleep(0.02)
+    started = time.perf_counter()
+    gevent.joinall([gevent.spawn(work, i) for i in range(n)], raise_error=True)
+    wall = time.perf_counter() - started
+    done[0] = True
+    probe.join()
+    return {"greenlets": n, "wall_s": wall, "max_stall_ms": stall[0] * 1000, "stall_cpu_ms": stall[1] * 1000,
+            "stall_runqueue_ms": stall[2] * 1000}
+
+dsn = url.replace("postgresql+psycopg://", "postgresql://")
+connections = [None] * count
+def connect(i):
+    connections[i] = psycopg.connect(dsn, autocommit=True)
+connecting = timed(connect, count)
+raw = timed(lambda i: connections[i].execute("SELECT pg_sleep(%s)", (sleep_s,)), count)
+for connection in connections:
+    connection.close()
+
+from backend.app import create_app
+from backend.db import db
+app = create_app()
+options = app.config["SQLALCHEMY_ENGINE_OPTIONS"]
+size = options["pool_size"] + options["max_overflow"]  # connections the pool may open at once
+def through_app(i):
+    with app.app_context():
+        db.session.execute(text("SELECT pg_sleep(:s)"), {"s": sleep_s})
+        db.session.commit()
+colds = []
+for _ in range(3):  # the pool opens its connections meanwhile; the worst of three fresh pools
+    with app.app_context():
+        db.engine.dispose()
+    colds.append(timed(through_app, min(count, size)))
+app_cold = max(colds, key=lambda r: r["max_stall_ms"])
+app_cold["rounds_stall_ms"] = [r["max_stall_ms"] for r in colds]
+app_run = timed(through_app, min(count, size))  # the pool has its connections
+
+blocking_sleep = monkey.get_original("time", "sleep")
+control = timed(lambda i: blocking_sleep(0.1), 5)
+control["sleep_s"] = 0.1
+print(json.dumps({"psycopg": psycopg.__version__, "gevent": gevent.__version__, "sleep_s": sleep_s,
+                  "connect": connecting, "raw": raw, "app_cold": app_cold, "app": app_run, "control": control}))
+"""
+
+
+def gevent_check(servers: Platform, url: str, greenlets: int = 50, sleep_s: float = 0.5) -> dict[str, Any]:
+    """Run GEVENT_CHECK in a fresh process with the platform's environment (its database) and print it."""
+    done = subprocess.run([str(PYTHON), "-c", GEVENT_CHECK, url, str(greenlets), str(sleep_s)], cwd=ROOT,
+                          env=servers.env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"the gevent check failed ({done.returncode}): {done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    s = result["sleep_s"]
+    print(f"gevent check (psycopg {result['psycopg']}, gevent {result['gevent']}), each greenlet SELECT "
+          f"pg_sleep({s:g}) in one gevent-patched process:")
+    r = result["connect"]
+    print(f"        {r['greenlets']:>3} greenlets each open a psycopg connection: wall {r['wall_s']:.3f} s, "
+          f"event loop's longest stall {r['max_stall_ms']:.1f} ms")
+    # Cooperative: the queries overlap (wall well under twice one sleep) and the loop is never blocked (off the
+    # CPU, not waiting for one) for as long as half a query: a driver that blocked would hold it for a whole
+    # query, as the control does. A stall spent on the CPU (the app's Python work, a garbage collection) or in
+    # the run queue (the shared machine) is printed but is not the driver waiting.
+    for name, label in (("raw", "own psycopg connections"),
+                        ("app_cold", "the app's engine, db.session, a fresh pool opening its connections"),
+                        ("app", "the app's engine, db.session, pool warm")):
+        r = result[name]
+        # off the CPU by choice (in a system call), not waiting for a core: what a blocking driver does
+        r["stall_blocked_ms"] = max(0.0, r["max_stall_ms"] - r["stall_cpu_ms"] - r["stall_runqueue_ms"])
+        ok = r["wall_s"] < 2 * s and r["stall_blocked_ms"] < s * 1000 / 2
+        print(f"  {'PASS' if ok else 'FAIL'}  {r['greenlets']:>3} greenlets, {label}: wall {r['wall_s']:.3f} s "
+              f"(serial: {r['greenlets'] * s:.1f} s), event loop's longest stall {r['max_stall_ms']:.1f} ms "
+              f"(meanwhile on a CPU {r['stall_cpu_ms']:.1f} ms, waiting for one {r['stall_runqueue_ms']:.1f} ms, "
+              f"blocked {r['stall_blocked_ms']:.1f} ms)"
+              + (f"; stalls of the 3 fresh pools {', '.join(f'{x:.0f}' for x in r['rounds_stall_ms'])} ms"
+                 if "rounds_stall_ms" in r else ""))
+        result[f"{name}_ok"] = ok
+    c = result["control"]
+    c["stall_blocked_ms"] = max(0.0, c["max_stall_ms"] - c["stall_cpu_ms"] - c["stall_runqueue_ms"])
+    print(f"  control: {c['greenlets']} greenlets of a blocking time.sleep({c['sleep_s']:g}): "
+          f"wall {c['wall_s']:.3f} s, longest stall {c['max_stall_ms']:.1f} ms (on a CPU {c['stall_cpu_ms']:.1f} ms, "
+          f"blocked {c['stall_blocked_ms']:.1f} ms: what a blocking driver would look like)", flush=True)
+    return result
 
 
 # --- load generator (runs in its own process) ----------------------------------------------------
@@ -94,13 +226,15 @@ async def _direct_stream(session: Any, url: str, model: str, max_tokens: int, lo
 
 
 _DELTA_HEAD = b'event: delta\ndata: {"model":"'
+TOKEN_VARIABLE = "PEP_BENCH_TOKEN"  # the platform's token for the load generator (benchkit.Platform.token)
 
 
 async def _relay_stream(session: Any, url: str, keys: list[str], max_tokens: int,
                         logs: dict[bytes, StreamLog]) -> None:
     """One /multi-inference stream; tokens are ``delta`` events, attributed by their model key."""
     body = json.dumps({"models": keys, "text": PROMPT, "max_tokens": max_tokens}).encode()
-    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {os.environ[TOKEN_VARIABLE]}"}
+    async with session.post(url, data=body, headers=headers) as response:
         if response.status != 200:
             for log in logs.values():
                 log.error = f"HTTP {response.status}"
@@ -215,7 +349,7 @@ def loadgen_main(spec_json: str) -> int:
 
 
 def run_phase(servers: Platform, mode: str, clients: int, requests_per_client: int, slow: bool = False,
-              ramp_s: float = RAMP_S) -> dict[str, Any]:
+              ramp_s: float = RAMP_S, postgres: ThrowawayPostgres | None = None) -> dict[str, Any]:
     tokens = SLOW_TOKENS if slow else STEADY_TOKENS
     per_request_s = tokens * (1.0 if slow else 0.02) + 5
     spec = {
@@ -234,9 +368,12 @@ def run_phase(servers: Platform, mode: str, clients: int, requests_per_client: i
     workers = servers.web_workers()
     cpu_before = cpu_seconds_total(workers)
     sim_before = cpu_seconds_total([servers.sim.pid])
+    db_pids = postgres.pids() if postgres else []  # a backend per pooled connection: they stay
+    db_before = cpu_seconds_total(db_pids)
     box_before = machine_busy_s()
     started = time.monotonic()
     proc = subprocess.Popen([str(PYTHON), __file__, "--loadgen", json.dumps(spec)], cwd=ROOT,
+                            env={**os.environ, TOKEN_VARIABLE: servers.token},  # never on the command line
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     peak_rss = 0.0
     hard_end = started + spec["deadline_s"] + 30
@@ -253,6 +390,7 @@ def run_phase(servers: Platform, mode: str, clients: int, requests_per_client: i
     relay_cpu = cpu_seconds_total(workers) - cpu_before
     result.update(mode=mode, clients=clients, relay_cpu_s=relay_cpu, relay_cores=relay_cpu / wall,
                   sim_cores=(cpu_seconds_total([servers.sim.pid]) - sim_before) / wall, rss_mb=peak_rss,
+                  db_cores=(cpu_seconds_total(db_pids) - db_before) / wall if postgres else float("nan"),
                   box_cores=(machine_busy_s() - box_before) / wall,
                   relay_us_per_token=relay_cpu / result["tokens"] * 1e6 if result["tokens"] else float("nan"))
     return result
@@ -276,7 +414,7 @@ def compare(direct: dict[str, Any], relay: dict[str, Any]) -> dict[str, float]:
         "gap_add99": relay["gap_p99_ms"] - direct["gap_p99_ms"],
         "err_d": direct["errors"], "err_r": relay["errors"],
         "relay_cores": relay["relay_cores"], "us_tok": relay["relay_us_per_token"],
-        "rss": relay["rss_mb"], "sim_d": direct["sim_cores"], "sim_r": relay["sim_cores"],
+        "rss": relay["rss_mb"], "sim_d": direct["sim_cores"], "sim_r": relay["sim_cores"], "db_r": relay["db_cores"],
         "box_d": direct["box_cores"], "box_r": relay["box_cores"],
         "lg_d": direct["loadgen_cpu_s"] / direct["wall_s"], "lg_r": relay["loadgen_cpu_s"] / relay["wall_s"],
     }
@@ -299,7 +437,7 @@ def print_table(rows: dict[str, dict[str, float]]) -> None:
     header = (f"{'clients':>9} {'rep':>3} | {'TTFT d p50/p99':>15} {'TTFT r p50/p99':>15} {'+TTFT p50/p99':>14} | "
               f"{'+tok p50/p99':>12} | {'gap d p50/p99':>13} {'gap r p50/p99':>13} {'+gap p99':>8} | "
               f"{'err d/r':>7} | {'relay cpu':>9} {'us/tok':>6} {'RSS MB':>6} | {'sim cpu d/r':>11} {'lg cpu d/r':>10} "
-              f"{'box d/r':>9}")
+              f"{'pg r':>4} {'box d/r':>9}")
     print(header)
     print("-" * len(header))
     for label, r in rows.items():
@@ -311,7 +449,7 @@ def print_table(rows: dict[str, dict[str, float]]) -> None:
               f"{fmt(r['gap_add99']):>8} | {int(r['err_d']):>3}/{int(r['err_r']):<3} | "
               f"{fmt(r['relay_cores'], 2):>9} {fmt(r['us_tok']):>6} {fmt(r['rss'], 0):>6} | "
               f"{fmt(r['sim_d'], 2):>5}/{fmt(r['sim_r'], 2):<5} {fmt(r['lg_d'], 2):>4}/{fmt(r['lg_r'], 2):<5} "
-              f"{fmt(r['box_d'], 2):>4}/{fmt(r['box_r'], 2):<4}")
+              f"{fmt(r['db_r'], 2):>4} {fmt(r['box_d'], 2):>4}/{fmt(r['box_r'], 2):<4}")
 
 
 EXPLANATION = """\
@@ -323,7 +461,8 @@ TTFT: first token's arrival at the client minus the moment the client sent its r
 gap: time between consecutive tokens of one model stream at the client (tokens merged into one write count as 0).
 relay cpu: gunicorn workers' CPU seconds / wall seconds in the relay phase (cores); us/tok: those CPU seconds
   per relayed token; RSS: peak sum over workers. sim/lg cpu: simulator and load generator cores per phase;
-  box: busy cores of the whole machine in the phase (of 2), other people's work included.
+  box: busy cores of the whole machine in the phase (of 2), other people's work included. pg r: the
+  PostgreSQL server's cores in the relay phase (--database postgresql; the rows of every relayed request).
 Each row is the median over repeats of in-run pairs; errors are summed over repeats."""
 
 
@@ -335,6 +474,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None, help="WEB_WORKERS (default: gunicorn.conf, one per core)")
     parser.add_argument("--no-pin", action="store_true", help="PIN_WORKERS=0")
     parser.add_argument("--no-slow", action="store_true", help="skip the 1,000 slow clients")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the platform's database: a SQLite file (default) or a throwaway PostgreSQL server")
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen:
@@ -345,23 +486,35 @@ def main() -> int:
     slow = not (args.quick or args.no_slow)
     with open("/proc/cpuinfo") as f:
         cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    servers = Platform("bench_relay_", web_workers=args.workers, pin=not args.no_pin, models_file=MODELS_FILE)
+    postgres = ThrowawayPostgres("bench_relay_pg_") if args.database == "postgresql" else None
+    servers: Platform | None = None
     t0 = time.monotonic()
     try:
+        env = {}
+        if postgres:
+            postgres.start()
+            env["DATABASE_URL"] = postgres.database()
+        servers = Platform("bench_relay_", web_workers=args.workers, pin=not args.no_pin, models_file=MODELS_FILE,
+                           env=env)
         servers.start()
         print(f"machine: {os.cpu_count()} cores ({cpu_model}); gunicorn workers: {len(servers.web_workers())} "
               f"(pinned: {not args.no_pin}, pids {servers.web_workers()}); "
               f"simulator :{servers.sim_port}, relay :{servers.web_port}; "
-              f"tmp {servers.tmp}", flush=True)
-        run_phase(servers, "relay", 2, 1)  # warm-up: imports, first connections, the database file
-        run_phase(servers, "direct", 2, 1)
+              f"database: {env['DATABASE_URL'] if postgres else servers.db_path}; tmp {servers.tmp}", flush=True)
+        gevent_ok = True
+        if postgres:
+            checked = gevent_check(servers, env["DATABASE_URL"])
+            gevent_ok = checked["raw_ok"] and checked["app_cold_ok"] and checked["app_ok"]
+        run_phase(servers, "relay", 2, 1, postgres=postgres)  # warm-up: imports, connections, the database
+        run_phase(servers, "direct", 2, 1, postgres=postgres)
         rows: dict[str, dict[str, float]] = {}
         for clients in levels:
             per_client = 3 if clients == 1 else 2
             pairs = []
             for repeat in range(args.repeats):
                 order = ["direct", "relay"] if repeat % 2 == 0 else ["relay", "direct"]
-                results = {mode: run_phase(servers, mode, clients, per_client) for mode in order}
+                results = {mode: run_phase(servers, mode, clients, per_client, postgres=postgres)
+                           for mode in order}
                 pairs.append(compare(results["direct"], results["relay"]))
                 for mode in order:
                     if results[mode]["errors"]:
@@ -370,14 +523,18 @@ def main() -> int:
             rows[str(clients)] = combine(pairs)
             print(f"  {clients:>4} clients done ({time.monotonic() - t0:.0f} s)", flush=True)
         if slow:
-            results = {mode: run_phase(servers, mode, SLOW_CLIENTS, 1, slow=True, ramp_s=SLOW_RAMP_S)
+            results = {mode: run_phase(servers, mode, SLOW_CLIENTS, 1, slow=True, ramp_s=SLOW_RAMP_S,
+                                          postgres=postgres)
                        for mode in ("direct", "relay")}
             for mode, result in results.items():
                 if result["errors"]:
                     print(f"  slow {mode}: {result['errors']} errors, e.g. {result['error_samples']}")
             rows[f"{SLOW_CLIENTS} slow"] = combine([compare(results["direct"], results["relay"])])
     finally:
-        servers.stop()
+        if servers is not None:
+            servers.stop()
+        if postgres:
+            postgres.stop()
 
     print()
     print_table(rows)
@@ -397,6 +554,9 @@ def main() -> int:
     errors = sum(int(r["err_d"] + r["err_r"]) for r in rows.values())
     failed += errors > 0
     print(f"{'PASS' if errors == 0 else 'FAIL'}  zero errors on every level (both paths): {errors} errors")
+    if postgres:
+        failed += not gevent_ok
+        print(f"{'PASS' if gevent_ok else 'FAIL'}  psycopg waits cooperatively under gevent (check above)")
     print(f"total {time.monotonic() - t0:.0f} s")
     return 1 if failed else 0
 

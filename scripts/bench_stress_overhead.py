@@ -4,7 +4,7 @@
 [--worker-poll S] [--sse-poll S]``
 
 Starts the simulator, gunicorn (``config/gunicorn.conf.py``) and the stress worker
-(``python -m backend.stress.worker``) the way ``scripts/start.sh`` does, on free loopback ports with a
+(``python -m backend.jobs.worker``) the way ``scripts/start.sh`` does, on free loopback ports with a
 temporary database, log and outputs directory and the default catalogue (``config/models.yaml``: the
 sim-* keys reach the simulator through ``SIMULATOR_PORT``). Then, in one run:
 
@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchkit import Platform, cpu_seconds, cpu_seconds_total, http_json, machine_busy_s, pct
+from benchkit import Platform, cpu_seconds, cpu_seconds_total, machine_busy_s, pct
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -148,12 +148,13 @@ def watch_db(db_path: Path, job_id: str, w: Watcher, status: dict[str, Any]) -> 
         connection.close()
 
 
-def follow_sse(host: str, port: int, path: str, w: Watcher, holder: dict[str, Any]) -> None:
+def follow_sse(host: str, port: int, path: str, w: Watcher, holder: dict[str, Any],
+               auth: dict[str, str]) -> None:
     """A plain SSE client: each event stamped with the arrival of the bytes that completed it."""
     connection = http.client.HTTPConnection(host, port, timeout=20)
     holder["connection"] = connection
     try:
-        connection.request("GET", path, headers={"Accept": "text/event-stream"})
+        connection.request("GET", path, headers={"Accept": "text/event-stream", **auth})
         response = connection.getresponse()
         if response.status != 200:
             w.errors.append(f"HTTP {response.status}")
@@ -206,12 +207,12 @@ OPEN_EVENTSOURCE = """(url) => {
 class Browser:
     """Headless Chromium with an EventSource opened from an app page; its clock aligned to ours."""
 
-    def __init__(self) -> None:
+    def __init__(self, auth: dict[str, str]) -> None:
         from playwright.sync_api import sync_playwright
 
         self._pw = sync_playwright().start()
         self.browser = self._pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        self.page = self.browser.new_page()
+        self.page = self.browser.new_page(extra_http_headers=auth)  # every request carries the run's token
         self.offset_s = 0.0  # browser seconds minus monotonic seconds
         self.offset_err_s = float("nan")
         self.wall_skew_ms = float("nan")
@@ -348,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
               f"tmp {stack.tmp}", flush=True)
         if not args.no_browser:
             try:
-                browser = Browser()
+                browser = Browser(stack.auth)
             except Exception as exc:  # no Playwright or no Chromium: the SSE client still measures
                 print(f"browser: not available ({type(exc).__name__}: {exc}); SSE client only", flush=True)
                 browser = None
@@ -361,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
         web0 = cpu_seconds_total(web_pids)
         body = {"model": MODEL, "concurrency": CONCURRENCY, "requests": counts, "dataset": "prompt",
                 "prompt": "Benchmark the stress worker: say something steady.", "output_tokens": OUTPUT_TOKENS}
-        job = http_json("POST", f"{stack.base}/api/v1/stress-tests", body)
+        job = stack.api("POST", "/api/v1/stress-tests", body)
         job_id = job["id"]
         events_path = f"/api/v1/stress-tests/{job_id}/events"
         deadline = now() + JOB_DEADLINE_S
@@ -371,8 +372,8 @@ def run(args: argparse.Namespace) -> int:
         threads = [
             threading.Thread(target=watch_file, args=(run_dir / "progress.json", file_w, wall_minus_mono), daemon=True),
             threading.Thread(target=watch_db, args=(stack.db_path, job_id, db_w, status), daemon=True),
-            threading.Thread(target=follow_sse, args=("127.0.0.1", stack.web_port, events_path, sse_w, sse_holder),
-                             daemon=True),
+            threading.Thread(target=follow_sse, daemon=True,
+                             args=("127.0.0.1", stack.web_port, events_path, sse_w, sse_holder, stack.auth)),
         ]
         for thread in threads:
             thread.start()
@@ -396,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
         final_status = status.get("status")
         if final_status != "completed":
             with contextlib.suppress(OSError):
-                http_json("POST", f"{stack.base}/api/v1/stress-tests/{job_id}/cancel")
+                stack.api("POST", f"/api/v1/stress-tests/{job_id}/cancel")
             print(f"the job did not complete in time: {final_status}", flush=True)
         # Let the SSE client receive `end` (it follows the row), then stop the watchers.
         for _ in range(40):

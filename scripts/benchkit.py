@@ -13,6 +13,8 @@ they are run as ``.venv/bin/python scripts/bench_x.py``, which puts this folder 
 * ``/proc`` readings: ``children``, ``cpu_seconds`` (one process), ``cpu_seconds_total`` (several),
   ``rss_mb``, ``machine_busy_s``.
 * Small helpers: ``free_port``, ``wait_http``, ``http_json``, ``pct`` (percentile), ``median``.
+* ``ThrowawayPostgres``: a PostgreSQL server for one run (tests/support/postgres.py's), to point
+  ``DATABASE_URL`` at (``Platform(env={"DATABASE_URL": ...})``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -82,10 +86,12 @@ def wait_http(url: str, deadline_s: float) -> None:
     raise RuntimeError(f"{url} did not answer within {deadline_s:g} s")
 
 
-def http_json(method: str, url: str, body: Any = None, timeout: float = 10) -> Any:
-    """One JSON request; the decoded answer (None for an empty body)."""
+def http_json(method: str, url: str, body: Any = None, timeout: float = 10,
+              headers: Mapping[str, str] | None = None) -> Any:
+    """One JSON request; the decoded answer (None for an empty body). ``headers``: e.g. ``Platform.auth``."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
 
@@ -146,7 +152,7 @@ def machine_busy_s() -> float:
 class Platform:
     """The simulator, gunicorn and optionally the stress worker, started as scripts/start.sh does.
 
-    ``prefix``: of the temporary directory's name. ``worker``: also run ``python -m backend.stress.worker``.
+    ``prefix``: of the temporary directory's name. ``worker``: also run ``python -m backend.jobs.worker``.
     ``web_workers``: WEB_WORKERS (None: gunicorn.conf's default, one per core). ``pin``: PIN_WORKERS
     (None: unset, gunicorn.conf pins). ``models_file``: the catalogue (None: config/models.yaml).
     ``env``: more environment, applied last. ``simulator_args``: extra arguments for the simulator, e.g.
@@ -182,6 +188,11 @@ class Platform:
         if web_workers:
             self.env["WEB_WORKERS"] = str(web_workers)
         self.env.update(env or {})
+        # Production turns authentication on: one operator token for this run, in the environment only (a
+        # command line is visible to every user of the machine). ``auth`` is the header every call sends.
+        self.token = secrets.token_urlsafe(24)
+        self.env.setdefault("API_TOKENS", f"bench:operator:{self.token}")
+        self.auth = {"Authorization": f"Bearer {self.token}"}
         self.procs: list[subprocess.Popen[bytes]] = []
         # Process groups of the jobs the worker launched, as a benchmark saw them: killed by stop() only if
         # the worker could not end them, and only if their command line names this run's outputs folder.
@@ -207,7 +218,7 @@ class Platform:
                                 "--port", str(self.sim_port), *self.simulator_args], "simulator.log")
         self.web = self._spawn([str(GUNICORN), "--config", "config/gunicorn.conf.py"], "gunicorn.log")
         if self.with_worker:
-            self.worker = self._spawn([str(PYTHON), "-m", "backend.stress.worker"], "stress-worker.log")
+            self.worker = self._spawn([str(PYTHON), "-m", "backend.jobs.worker"], "stress-worker.log")
         wait_http(f"http://127.0.0.1:{self.sim_port}/v1/models", 30)
         wait_http(f"{self.base}/health", 30)
         end = time.monotonic() + 10
@@ -222,12 +233,16 @@ class Platform:
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             with contextlib.suppress(OSError, KeyError):
-                if http_json("GET", f"{self.base}/api/v1/stress-tests?limit=1")["worker"]["alive"]:
+                if self.api("GET", "/api/v1/stress-tests?limit=1")["worker"]["alive"]:
                     return
             if self.worker.poll() is not None:
                 raise RuntimeError(f"the worker exited ({self.worker.returncode}); see {self.tmp}/stress-worker.log")
             time.sleep(0.2)
         raise RuntimeError(f"the stress worker did not report alive within {deadline_s:g} s")
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 10) -> Any:
+        """One call of the platform's API, with this run's token."""
+        return http_json(method, self.base + path, body, timeout, headers=self.auth)
 
     def web_workers(self) -> list[int]:
         """gunicorn's worker pids."""
@@ -254,3 +269,46 @@ class Platform:
             if str(self.outputs).encode() in cmdline:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pgid, signal.SIGKILL)
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL server for one benchmark run: tests/support/postgres.py's (Debian's PostgreSQL in a
+    temporary folder, on a free loopback port, durability off), stopped and deleted by ``stop()``.
+
+    ``start()`` returns the server's URL; ``database()`` creates an empty database on it and returns its
+    URL (``postgresql+psycopg://...``, what ``DATABASE_URL`` takes); ``pids()`` lists its processes (for
+    ``cpu_seconds_total``). psycopg is imported only here, so the SQLite benchmarks never need it.
+    """
+
+    def __init__(self, prefix: str = "bench_pg_") -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix=prefix))
+        self.server: Any = None
+
+    def start(self) -> str:
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        from tests.support.postgres import PostgresServer
+
+        self.server = PostgresServer(self.folder).start()
+        return self.server.url
+
+    def database(self) -> str:
+        from tests.support.postgres import create_database
+
+        return create_database(self.server.url)[0]
+
+    def pids(self) -> list[int]:
+        """The server's processes: the postmaster and its children (a backend per connection among them)."""
+        try:
+            postmaster = int((self.folder / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            return []
+        return [postmaster, *children(postmaster)]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)

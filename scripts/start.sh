@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run the platform on this machine: venv, dependencies, migrations, then the supervisor
-# (python -m backend.supervisor), which runs the model simulator, gunicorn and the stress-test worker,
+# (python -m backend.supervisor), which runs the model simulator, gunicorn and the job worker
+# (python -m backend.jobs.worker: stress tests and every other kind of job),
 # restarts the simulator or the worker when one dies, and exits with gunicorn's status if gunicorn dies.
 # PORT (5000), SIMULATOR_PORT (8001) and HOST (127.0.0.1) choose where; Ctrl-C or SIGTERM stops all.
 set -euo pipefail

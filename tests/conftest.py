@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -7,6 +10,7 @@ import pytest
 from flask import Flask
 
 from backend.app import create_app
+from tests.support import postgres
 from tests.support.app_server import AppServer
 from tests.support.bedrock_server import BedrockServer
 from tests.support.simulator import SimulatorProcess
@@ -17,6 +21,69 @@ BEDROCK_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "test-secret-key",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                     help="the database every app and subprocess of the run uses: a fresh SQLite file per test "
+                          "(default), or a fresh database per test on a PostgreSQL server (PEP_TEST_POSTGRES_URL, "
+                          "or one this run starts)")
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a PostgreSQL server's ``postgres`` database: the one scripts/test.sh started, or a
+    throwaway one for this process."""
+    if os.environ.get("PEP_TEST_POSTGRES_URL"):
+        yield os.environ["PEP_TEST_POSTGRES_URL"]
+        return
+    folder = Path(tempfile.mkdtemp(prefix="pep-postgres-"))  # not under pytest's folder: the server's user
+    server = postgres.PostgresServer(folder).start()         # (postgres, when we are root) cannot enter it
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def _postgres_template(postgres_server_url: str) -> Iterator[str]:
+    """A database migrated to the newest revision once per process (per xdist worker), that each test's
+    database is copied from: CREATE DATABASE ... TEMPLATE costs a file copy, not the migrations."""
+    name = postgres.create_template(postgres_server_url)
+    yield name
+    postgres.drop_database(postgres_server_url, name)
+
+
+@pytest.fixture(autouse=True)
+def _database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """With ``--database=postgresql``, each test (its apps and the subprocesses it starts) gets a new
+    PostgreSQL database through ``DATABASE_URL``, which wins over the SQLite path tests give; dropped after.
+    It is already migrated (a copy of the session's template) unless the test is marked ``empty_database``.
+    Yields the kind of database: "sqlite" or "postgresql"."""
+    if request.config.getoption("--database") != "postgresql":
+        yield "sqlite"
+        return
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.fail("a sqlite_only test was selected with --database=postgresql (deselect: -m 'not sqlite_only')")
+    server_url = request.getfixturevalue("postgres_server_url")
+    template = None if request.node.get_closest_marker("empty_database") else \
+        request.getfixturevalue("_postgres_template")
+    url, name = postgres.create_database(server_url, template=template)
+    monkeypatch.setenv("DATABASE_URL", url)
+    yield "postgresql"
+    postgres.drop_database(server_url, name)  # WITH (FORCE): the test's pooled connections are closed
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _evaluation_folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every app and subprocess of the session keeps evaluation datasets, outputs and logs in a temporary
+    folder unless a test gives its own (overrides win over the environment): never the checkout's data/."""
+    root = tmp_path_factory.mktemp("evaluations")
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("datasets_dir", "outputs_dir", "logs_dir"):
+            patch.setenv(f"PEP_EVALUATIONS__{key.upper()}", str(root / key))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,10 @@ For concurrency c within the batch, a decode step lasts ``decode_base_ms + decod
 TPOT is about that; with p95 TPOT <= L the limit is ``floor((L - decode_base_ms) / decode_ms_per_seq)``.
 L is put half a step between two levels so that the measurement's own overhead (a fraction of a
 millisecond per token) does not decide the verdict; the search must land within one precision step.
+Answers are 40 tokens long and a step is 6 ms, so that one stall of the loaded test machine (CI runs two
+test processes beside the simulator and evalscope) spreads over many tokens: at concurrency 3 a request
+must stall for over half a second before its p95 TPOT crosses the limit (with 12 tokens and 4 ms steps
+0.1 s was enough, and a CI run landed on 2).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from flask import Flask
 from tests.support.simulator import SimulatorProcess
 from tests.support.stress import ThreadWorker, make_app, wait_for, worker_process
 
-DECODE_BASE_MS, DECODE_MS_PER_SEQ = 10.0, 4.0
+DECODE_BASE_MS, DECODE_MS_PER_SEQ = 10.0, 6.0
+OUTPUT_TOKENS = 40
 PROFILE = (f"sim-fast:decode_base_ms={DECODE_BASE_MS:g},decode_ms_per_seq={DECODE_MS_PER_SEQ:g},max_batch=1000,"
-           "min_output_tokens=12,max_output_tokens=12")
+           f"min_output_tokens={OUTPUT_TOKENS},max_output_tokens={OUTPUT_TOKENS}")
 TPOT_LIMIT_MS = DECODE_BASE_MS + DECODE_MS_PER_SEQ * 5.5  # between concurrency 5 and 6
 
 
@@ -48,7 +53,7 @@ def test_the_search_lands_within_one_step_of_the_simulators_limit(stack: tuple[F
     expected = math.floor((TPOT_LIMIT_MS - DECODE_BASE_MS) / DECODE_MS_PER_SEQ)
     assert expected == 5
     response = client.post("/api/v1/capacity-searches", json={
-        "model": "sim-fast", "prompt": "x", "output_tokens": 12, "requests": 2, "requests_per_slot": 2,
+        "model": "sim-fast", "prompt": "x", "output_tokens": OUTPUT_TOKENS, "requests": 2, "requests_per_slot": 2,
         "repeats": 2, "precision": 1, "max_concurrency": 64, "slo": {"percentile": 95, "tpot_ms": TPOT_LIMIT_MS}})
     assert response.status_code == 201, response.json
     search_id = response.json["id"]
@@ -75,6 +80,31 @@ def test_the_search_lands_within_one_step_of_the_simulators_limit(stack: tuple[F
           f"{[round(p['mean']['tpot_ms'], 2) for p in result['probes']]}")
 
 
+def test_an_automatic_start_from_littles_law_lands_on_the_same_limit(stack: tuple[Flask, Any]) -> None:
+    """One unbounded probe (16 requests at once), its throughput times the time the SLO allows a request
+    as the start, then the same doubling and bisection: the same limit, from fewer probes."""
+    _app, client = stack
+    response = client.post("/api/v1/capacity-searches", json={
+        "model": "sim-fast", "prompt": "x", "output_tokens": OUTPUT_TOKENS, "requests": 2, "requests_per_slot": 2,
+        "repeats": 1, "start": "auto", "max_concurrency": 16, "slo": {"percentile": 95, "tpot_ms": TPOT_LIMIT_MS}})
+    assert response.status_code == 201, response.json
+    search_id = response.json["id"]
+    result = wait_for(lambda: (s := client.get(f"/api/v1/capacity-searches/{search_id}").json)["is_finished"] and s,
+                      150, "the capacity search to end", interval=0.5)
+    assert result["status"] == "completed", result
+    assert abs(result["capacity"] - 5) <= 1, result
+    estimate = result["estimate"]
+    probe = client.get(f"/api/v1/stress-tests/{estimate['jobs'][0]}").json
+    assert probe["params"]["concurrency"] == [16] and probe["params"]["requests"] == [16]
+    # the start is the measured throughput times what the SLO allows a request: one TPOT per output token
+    allowed = TPOT_LIMIT_MS * estimate["output_tokens"] / 1000.0
+    assert estimate["allowed_s"] == pytest.approx(allowed)
+    assert result["start"] == max(1, min(16, math.floor(estimate["req_per_s"] * allowed)))
+    assert result["probes"][0]["concurrency"] == result["start"]
+    print(f"\ncapacity search from Little's law: {estimate['reason']}; probes "
+          f"{[p['concurrency'] for p in result['probes']]}, landed on {result['capacity']}")
+
+
 def test_a_search_survives_its_worker_being_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    sim: SimulatorProcess) -> None:
     """SIGKILL to the worker while a probe job runs: a new worker re-attaches to that job's evalscope (or
@@ -82,7 +112,7 @@ def test_a_search_survives_its_worker_being_killed(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("ENVIRONMENT", "test")
     client = make_app(tmp_path, sim.port).test_client()
     search_id = client.post("/api/v1/capacity-searches", json={
-        "model": "sim-fast", "prompt": "x", "output_tokens": 12, "requests": 2, "repeats": 1,
+        "model": "sim-fast", "prompt": "x", "output_tokens": OUTPUT_TOKENS, "requests": 2, "repeats": 1,
         "max_concurrency": 64, "slo": {"tpot_ms": TPOT_LIMIT_MS}}).json["id"]
 
     def search() -> dict[str, Any]:

@@ -55,11 +55,13 @@ def run_job(app: Flask, job: StressJob, tpot_ms: float, *, status: str = "comple
             db.session.add(StressLevel(job_id=job.id, position=0, concurrency=concurrency, requests=count,
                                        succeeded=count, failed=0, duration_s=2.0, req_per_s=count / 2.0,
                                        output_tokens_per_s=10.0 * count, total_tokens_per_s=11.0 * count,
+                                       avg_input_tokens=5.0, avg_output_tokens=20.0,
                                        metrics={}, raw_summary={}, raw_percentiles=[], complete=True,
                                        request_columns=pack_columns(rows)))
             store_requests(db.session, job.id, 0, rows)
-        db.session.execute(db.update(StressJob).where(StressJob.id == job.id)
-                           .values(status=status, error=None if level else "evalscope exited with code 1: boom"))
+        error = None if level else ("the evalscope process ended while no worker was watching it"
+                                    if status == "interrupted" else "evalscope exited with code 1: boom")
+        db.session.execute(db.update(StressJob).where(StressJob.id == job.id).values(status=status, error=error))
         db.session.commit()
 
 
@@ -69,8 +71,10 @@ def search_of(app: Flask, search_id: str) -> dict[str, Any]:
     return response.json
 
 
-def drive(app: Flask, search_id: str, tpot: Any, limit: int = 60) -> list[tuple[int, int]]:
-    """Step the search to its end, running each probe job as it is queued; (concurrency, requests) in order."""
+def drive(app: Flask, search_id: str, tpot: Any, limit: int = 60, interrupt: Any = lambda _c, _n: False
+          ) -> list[tuple[int, int]]:
+    """Step the search to its end, running each probe job as it is queued; (concurrency, requests) in order.
+    ``interrupt(concurrency, n)`` (n: how many jobs ran before) says when a job is cut short by a crash."""
     ran = []
     for _ in range(limit):
         step(app, search_id)
@@ -84,7 +88,10 @@ def drive(app: Flask, search_id: str, tpot: Any, limit: int = 60) -> list[tuple[
         assert job.status == JobStatus.QUEUED.value
         concurrency = job.params["concurrency"][0]
         ran.append((concurrency, job.params["requests"][0]))
-        run_job(app, job, tpot(concurrency))
+        if interrupt(concurrency, len(ran) - 1):
+            run_job(app, job, tpot(concurrency), status="interrupted", level=False)
+        else:
+            run_job(app, job, tpot(concurrency))
     raise AssertionError(f"no end after {limit} steps: {ran}")
 
 
@@ -223,3 +230,78 @@ def test_the_page_shows_the_probes_and_the_curve_of_a_finished_search(app: Flask
     assert tpot["data"][1]["y"] == [31, 31]  # the limit
     assert throughput["layout"]["shapes"][0]["x0"] == 10  # the capacity marked
     assert app.test_client().get("/results/capacity/nope").status_code == 404
+
+
+def test_an_automatic_start_probes_once_unbounded_then_starts_from_littles_law(app: Flask) -> None:
+    # TPOT = 10 + 2c against p95 TPOT <= 31: the limit is 10. The estimate's probe sends 32 requests at once
+    # (the rows the test writes say 16 req/s and 20 output tokens each); with no TTFT limit the SLO allows
+    # one TPOT per token, 20 x 31 ms: L = 16 x 0.62 = 9.92, so the search starts at 9.
+    search_id = create(app, slo={"tpot_ms": 31}, start="auto")["id"]
+    first = search_of(app, search_id)
+    assert first["start_auto"] is True and first["estimate"] is None
+    ran = drive(app, search_id, lambda c: 10 + 2 * c)
+    expected_start = math.floor(32 / 2.0 * (20 * 31) / 1000)
+    assert ran[0] == (32, 32)  # the estimate's probe: every request in flight at once, one each
+    order = [c for c, _ in ran[1:]]
+    assert order[0] == expected_start == 9
+    assert order == [9, 9, 18, 18, 13, 13, 11, 11, 10, 10]  # doubling from 9 breaks at 18, then bisection
+    result = search_of(app, search_id)
+    assert result["status"] == "completed" and result["capacity"] == 10 and result["start"] == 9
+    estimate = result["estimate"]
+    assert estimate["value"] == pytest.approx(16 * 0.62) and estimate["allowed_s"] == pytest.approx(0.62)
+    assert estimate["req_per_s"] == pytest.approx(16.0) and "starting at 9" in estimate["reason"]
+    assert result["jobs"][0] == estimate["jobs"][0] and len(result["jobs"]) == 11
+    page = app.test_client().get(f"/results/capacity/{search_id}")
+    assert "Start from Little's law: 16 req/s saturated" in page.text and "(estimated)" in page.text
+
+
+def test_an_automatic_start_without_an_estimate_starts_at_one(app: Flask) -> None:
+    search_id = create(app, slo={"error_rate": 0.01}, start="auto", max_concurrency=4)["id"]
+    ran = drive(app, search_id, lambda c: 10.0)
+    assert ran[0] == (4, 4) and [c for c, _ in ran[1:3]] == [1, 1]
+    result = search_of(app, search_id)
+    assert "bounds no time" in result["estimate"]["reason"] and result["start"] == 1
+
+
+def test_an_interrupted_probe_job_is_run_again_and_the_search_goes_on(app: Flask) -> None:
+    search_id = create(app, slo={"tpot_ms": 31})["id"]
+    # the 3rd job (concurrency 2, first repeat) is cut short by a crash, and so is its replacement
+    ran = drive(app, search_id, lambda c: 10 + 2 * c, interrupt=lambda c, n: n in (2, 3))
+    order = [c for c, _ in ran]
+    assert order[:6] == [1, 1, 2, 2, 2, 2]  # two replacements, then both repeats of 2
+    result = search_of(app, search_id)
+    assert result["status"] == "completed" and result["capacity"] == 10
+    probe = next(p for p in result["probes"] if p["concurrency"] == 2)
+    assert len(probe["jobs"]) == 2 and len(probe["replaced"]) == 2
+    assert not set(probe["jobs"]) & set(probe["replaced"])
+
+
+def test_a_probe_interrupted_more_often_than_the_retries_fails_the_search(app: Flask) -> None:
+    search_id = create(app, slo={"tpot_ms": 31})["id"]
+    drive(app, search_id, lambda c: 10 + 2 * c, interrupt=lambda c, n: c == 2)
+    result = search_of(app, search_id)
+    assert result["status"] == "failed" and "probe at concurrency 2" in result["reason"]
+    assert "interrupted" in result["reason"] and "no worker was watching" in result["reason"]
+    assert [p["concurrency"] for p in result["probes"]] == [1]
+
+
+def test_the_list_says_where_each_search_stands(app: Flask) -> None:
+    done = create(app, slo={"tpot_ms": 31})["id"]
+    drive(app, done, lambda c: 10 + 2 * c)
+    estimating = create(app, start="auto", max_concurrency=8, label="<i>auto</i>")["id"]
+    step(app, estimating)  # queues the estimate's probe
+    listed = app.test_client().get("/api/v1/capacity-searches").json
+    assert listed["total"] == 2 and [s["id"] for s in listed["searches"]] == [estimating, done]  # newest first
+    first, second = listed["searches"]
+    assert first["status"] == "running" and first["capacity"] is None
+    assert first["reason"] == "estimating where to start: 8 requests at once, then Little's law"
+    assert second["status"] == "completed" and second["capacity"] == 10 and second["probes"] == 8
+    assert second["bracket"] == {"last_good": 10, "first_bad": 11}
+    only = app.test_client().get("/api/v1/capacity-searches?status=completed").json
+    assert [s["id"] for s in only["searches"]] == [done]
+    bad = app.test_client().get("/api/v1/capacity-searches?status=sleeping")
+    assert bad.status_code == 400 and bad.json["error"]["details"]["field"] == "status"
+    page = app.test_client().get("/results/capacity")
+    assert page.status_code == 200 and "&lt;i&gt;auto&lt;/i&gt;" in page.text and "<i>auto</i>" not in page.text
+    assert page.text.count('data-search="') == 2
+    assert app.test_client().get("/results/capacity?status=sleeping").status_code == 400

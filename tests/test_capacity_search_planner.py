@@ -14,6 +14,7 @@ from backend.results.capacity_search import (
     Probe,
     SearchState,
     judge_probe,
+    littles_law,
     next_probe,
     outcome,
     probe_dict,
@@ -182,3 +183,49 @@ def test_precision_steps() -> None:
     assert Precision.parse(4).step(100) == 4
     assert Precision.parse("10%").step(95) == 10 and Precision.parse("10%").step(3) == 1
     assert Precision.parse("10%").as_json() == "10%" and Precision.parse(2).as_json() == 2
+
+
+# --- the start from Little's law -----------------------------------------------------------------
+
+
+def saturated(req_per_s: float | None = 16.0, output: float | None = 20.0, latency_s: float = 2.0,
+              ttft_ms: float = 400.0, succeeded: int = 32) -> dict:
+    """A level as ``backend.results.service.job_results`` gives it."""
+    return {"req_per_s": req_per_s, "succeeded": succeeded, "avg_output_tokens": output,
+            "metrics": {"latency_s": {"avg": latency_s}, "ttft_ms": {"avg": ttft_ms}}}
+
+
+def test_littles_law_from_a_latency_limit() -> None:
+    found = littles_law(saturated(), Slo(latency_s=0.75, tpot_ms=31), 512)
+    assert found.value == pytest.approx(16.0 * 0.75) and found.start == 12  # the latency limit wins
+    assert found.allowed_s == pytest.approx(0.75) and "starting at 12" in found.reason
+
+
+def test_littles_law_from_ttft_and_tpot_limits() -> None:
+    # W = TTFT limit + TPOT limit for each output token after the first: 0.2 + 0.031 x 19 = 0.789 s
+    found = littles_law(saturated(), Slo(ttft_ms=200, tpot_ms=31), 512)
+    assert found.allowed_s == pytest.approx(0.2 + 0.031 * 19)
+    assert found.start == math.floor(16.0 * (0.2 + 0.031 * 19))
+    # without a TTFT limit the first token counts as one more TPOT
+    assert littles_law(saturated(), Slo(tpot_ms=31), 512).allowed_s == pytest.approx(0.031 * 20)
+
+
+def test_littles_law_from_a_ttft_limit_alone_adds_the_probes_decode_time() -> None:
+    found = littles_law(saturated(latency_s=2.0, ttft_ms=400.0), Slo(ttft_ms=300), 512)
+    assert found.allowed_s == pytest.approx(0.3 + (2.0 - 0.4))
+
+
+def test_littles_law_is_bounded_by_one_and_the_maximum() -> None:
+    assert littles_law(saturated(req_per_s=0.5), Slo(latency_s=1.0), 512).start == 1  # 0.5 rounds down to 0
+    assert littles_law(saturated(req_per_s=1000.0), Slo(latency_s=1.0), 64).start == 64
+
+
+@pytest.mark.parametrize(("level", "slo", "words"), [
+    (saturated(succeeded=0, req_per_s=None), Slo(latency_s=1.0), "no successful request"),
+    (saturated(), Slo(error_rate=0.01), "bounds no time"),
+    (saturated(output=None), Slo(tpot_ms=30), "bounds no time"),
+])
+def test_no_estimate_starts_at_one_and_says_why(level: dict, slo: Slo, words: str) -> None:
+    found = littles_law(level, slo, 512)
+    assert found.start == 1 and found.value is None
+    assert words in found.reason and found.reason.endswith("starting at 1")

@@ -93,6 +93,42 @@ def test_stress_form_with_undecodable_bytes_is_stored_or_refused_cleanly(client:
     assert not any(0xD800 <= ord(c) <= 0xDFFF for c in prompt)
 
 
+@pytest.mark.parametrize(("path", "body", "field"), INFERENCE_TEXT_FIELDS)
+def test_a_nul_character_is_refused_naming_the_field(app: Flask, client: Any, path: str, body: dict,
+                                                     field: str) -> None:
+    """PostgreSQL's text and JSONB cannot hold U+0000: refused on every database, so that SQLite and
+    PostgreSQL answer alike, instead of a 500 from the one that cannot store it."""
+    text = json.dumps(body).replace("\\ud800", "\\u0000")
+    assert "\\u0000" in text and "\\ud800" not in text
+    message = refused(raw_post(client, path, text), field)
+    assert "NUL character" in message and "character 2" in message
+    assert stored_runs(app) == 0
+    assert client.get("/api/v1/stress-tests").json["total"] == 0
+
+
+@pytest.mark.parametrize(("url", "field"), [("/api/v1/stress-tests/a%00b/log", "path"),
+                                            ("/api/v1/stress-tests?q=a%00b", "q"),
+                                            ("/results?model=%00", "model"),
+                                            ("/history?a%00=1", "query (a name)")])
+def test_a_nul_character_in_a_url_is_refused(client: Any, url: str, field: str) -> None:
+    response = client.get(url)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    if url.startswith("/api/"):
+        assert response.json["error"]["details"]["field"] == field
+    assert "NUL character" in response.get_data(as_text=True)
+
+
+def test_a_nul_character_in_a_form_is_refused_or_replaced(client: Any) -> None:
+    form = "target=sim-fast&concurrency=1&requests=1&dataset=prompt&prompt=a%00b&submitted=1"
+    response = client.post("/stress-tests/new", data=form, content_type="application/x-www-form-urlencoded")
+    assert response.status_code in (303, 400), response.get_data(as_text=True)
+    jobs = client.get("/api/v1/stress-tests").json["jobs"]
+    if response.status_code == 400:
+        assert not jobs and "NUL character" in response.get_data(as_text=True)
+    else:
+        assert "\x00" not in jobs[0]["params"]["prompt"]
+
+
 @pytest.fixture
 def scripted() -> Iterator[RawHttpServer]:
     server = RawHttpServer().start()
@@ -119,6 +155,21 @@ def test_a_lone_surrogate_from_upstream_is_relayed_and_stored_as_a_replacement(a
     run = client.get(f"/api/v1/inference/runs/{done['run_id']}").json
     [result] = run["results"]
     assert result["status"] == "completed" and result["output"] == "x\ufffdy!" and result["reasoning"] == "r\ufffds"
+
+
+def test_a_nul_character_from_upstream_is_stored_as_a_replacement(app: Flask, client: Any,
+                                                                  scripted: RawHttpServer) -> None:
+    body = b"".join([sse(delta_chunk("", role="assistant")), sse(json.dumps(delta_chunk("x\x00y"))),
+                     sse(delta_chunk("!", finish_reason="stop")), sse(usage_chunk(3, 3)), DONE])
+    assert b"\\u0000" in body
+    scripted.script(Reply((chunked_stream(body),), then="close"))
+    response = client.post("/api/v1/multi-inference", json={"text": "hi", "manual_config": {
+        "base_url": scripted.base_url, "model_name": "m"}})
+    events = [block for block in response.get_data(as_text=True).split("\n\n") if block.startswith("event: ")]
+    done = json.loads(next(e for e in events if e.startswith("event: done")).split("data: ", 1)[1])
+    assert done["succeeded"] == 1
+    [result] = client.get(f"/api/v1/inference/runs/{done['run_id']}").json["results"]
+    assert result["output"] == "x\ufffdy!"
 
 
 # --- nesting ----------------------------------------------------------------------------------------

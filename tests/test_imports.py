@@ -13,7 +13,8 @@ def test_web_app_and_worker_leave_evalscope_unimported() -> None:
     code = (
         "import sys\n"
         "from backend.app import create_app\n"
-        "import backend.stress.worker, backend.stress.command, backend.stress.service, backend.stress.pages\n"
+        "import backend.jobs.worker, backend.evaluations.kind, backend.evaluations.command\n"
+        "import backend.stress.command, backend.stress.service, backend.stress.pages\n"
         "print(sorted(m for m in sys.modules if m == 'evalscope' or m.startswith('evalscope.')))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,

@@ -143,7 +143,9 @@ def test_chunked_stream_without_done_ends_with_the_last_chunk(serve: Serve) -> N
     (401, b'{"error": {"message": "bad key"}}', "application/json", "auth", "HTTP 401: bad key"),
     (404, b'{"detail": "model m not found"}', "application/json", "not_found", "HTTP 404: model m not found"),
     (429, b'{"error": {"message": "slow down"}}', "application/json", "throttled", "HTTP 429: slow down"),
-    (500, b"upstream exploded\n", "text/plain", "upstream", "HTTP 500: upstream exploded"),
+    # A body that is not a JSON error is never echoed (it could be any page a manual URL points at).
+    (500, b"upstream exploded\n", "text/plain", "upstream",
+     "HTTP 500: Internal Server Error (the response body is not a JSON error; not shown)"),
 ])
 def test_http_errors_map_to_categories(serve: Serve, status: int, body: bytes, content_type: str, code: str,
                                        message: str) -> None:

@@ -4,13 +4,13 @@ level cut short by a cancel, ingested by the worker and read back through the re
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import RowMapping, text
 
 from tests.support.simulator import SimulatorProcess
 from tests.support.stress import SLOW_SIM_ARGS, ThreadWorker, finished, job_of, make_app, wait_for
@@ -31,11 +31,12 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_sim: SimulatorPr
     worker.close()
 
 
-def request_rows(app: Flask, job_id: str) -> list[sqlite3.Row]:
-    with sqlite3.connect(app.config["PEP"]["database"]["path"]) as connection:
-        connection.row_factory = sqlite3.Row
-        return connection.execute("SELECT * FROM stress_requests WHERE job_id = ? ORDER BY position, seq",
-                                  (job_id,)).fetchall()
+def request_rows(app: Flask, job_id: str) -> list[RowMapping]:
+    from backend.db import db
+
+    with app.app_context():
+        return list(db.session.execute(text("SELECT * FROM stress_requests WHERE job_id = :job "
+                                            "ORDER BY position, seq"), {"job": job_id}).mappings())
 
 
 def nearest_rank(values: list[float], p: float) -> float:

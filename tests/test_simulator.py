@@ -25,6 +25,9 @@ BUILTIN_MODELS = {
     "sim-error",
     "sim-midstream-error",
     "sim-hang",
+    "sim-answer-a",
+    "sim-answer-b",
+    "sim-judge",
 }
 
 

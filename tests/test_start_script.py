@@ -27,7 +27,7 @@ T = TypeVar("T")
 MARKER = "START_SCRIPT_TEST_RUN"
 STARTUP_DEADLINE_S = 90.0  # set-up, migrations, then three Python processes on two cores
 RESTART_DEADLINE_S = 30.0
-CHILD_NAMES = {"backend.simulator": "simulator", "gunicorn": "gunicorn", "backend.stress.worker": "stress-worker"}
+CHILD_NAMES = {"backend.simulator": "simulator", "gunicorn": "gunicorn", "backend.jobs.worker": "stress-worker"}
 
 
 def wait_until(check: Callable[[], T | None], timeout_s: float, what: str) -> T:

@@ -64,7 +64,7 @@ def test_run_again_copies_every_setting_of_the_job(app: Flask, client: FlaskClie
     body = {"model": "sim-fast", "label": "night run", "concurrency": [2, 8], "requests": [5, 9], "prompt": "Tell me",
             "system": "You are terse.", "output_tokens": 48, "temperature": 0.4, "stream": False,
             "exact_output_tokens": True, "warmup": 3, "connect_timeout_s": 7, "read_timeout_s": 90,
-            "total_timeout_s": 300}
+            "total_timeout_s": 300, "labels": ["vpc-a", "gpu-net"], "shards": 2}
     original = client.post("/api/v1/stress-tests", json=body)
     assert original.status_code == 201, original.json
     job_id = original.json["id"]
@@ -82,7 +82,8 @@ def test_run_again_copies_every_setting_of_the_job(app: Flask, client: FlaskClie
     expected = {"target": "sim-fast", "label": "night run", "concurrency": "2, 8", "requests": "5, 9",
                 "prompt": "Tell me", "system": "You are terse.", "output_tokens": "48", "temperature": "0.4",
                 "warmup": "fixed", "warmup_count": "3", "connect_timeout_s": "7", "read_timeout_s": "90",
-                "total_timeout_s": "300", "dataset": "prompt", "exact_output_tokens": "on"}
+                "total_timeout_s": "300", "dataset": "prompt", "exact_output_tokens": "on", "labels": "gpu-net, vpc-a",
+                "shards": "2"}
     assert {name: fields.get(name) for name in expected} == expected
     assert "stream" not in fields  # unchecked
 
@@ -92,6 +93,7 @@ def test_run_again_copies_every_setting_of_the_job(app: Flask, client: FlaskClie
     assert params_of(app, copy) == params_of(app, job_id)
     with app.app_context():
         assert db.session.get(StressJob, copy).target["name"] == "night run"
+        assert db.session.get(StressJob, copy).labels == ["gpu-net", "vpc-a"]
 
 
 def test_run_again_of_a_manual_endpoint_asks_for_its_key_again(app: Flask, client: FlaskClient) -> None:
@@ -394,3 +396,14 @@ def test_a_field_the_submission_does_not_have_takes_the_apis_default(app: Flask,
                                                                "requests": "2", "dataset": "prompt", "prompt": "hi"}))
     params = params_of(app, job_id)
     assert (params["output_tokens"], params["temperature"], params["warmup"]) == (128, 0.0, 0)
+
+
+def test_load_generators_that_cannot_split_a_level_are_refused_on_the_form(app: Flask, client: FlaskClient) -> None:
+    fields = form_fields(client.get("/stress-tests/new?model=sim-fast").text, "stress-form")
+    assert fields["shards"] == "1"
+    refused = client.post("/stress-tests/new", data={**fields, "concurrency": "2, 8", "shards": "3"}, headers=HTMX)
+    assert refused.status_code == 400
+    slot = re.search(r'<div class="field-error" id="error-shards" hx-swap-oob="true">([^<]*)</div>', refused.text)
+    assert slot and unescape(slot.group(1)).startswith("Load generators: 3 shards cannot split concurrency[0] = 2")
+    job_id = created_id(client.post("/stress-tests/new", data={**fields, "concurrency": "2, 8", "shards": "2"}))
+    assert params_of(app, job_id)["shards"] == 2

@@ -1,7 +1,7 @@
 """A worker killed at every point of a job, then a new one started: the job ends as what really happened,
 with each level's results stored once.
 
-The worker runs as its own process (``python -m backend.stress.worker``) so that it can be SIGKILLed.
+The worker runs as its own process (``python -m backend.jobs.worker``) so that it can be SIGKILLed.
 To stop it at an exact point, it is frozen with SIGSTOP, the job is let run on to where the test wants
 it, and only then is the frozen worker killed: no race with its poll loop.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import textwrap
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from tests.support.simulator import SimulatorProcess
@@ -83,11 +83,18 @@ def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_sim: SimulatorPr
         workers.close()
 
 
+def query(app: Flask, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` read from the app's database (SQLite or PostgreSQL), as plain tuples."""
+    from backend.db import db
+
+    with app.app_context():
+        return [tuple(row) for row in db.session.execute(text(sql), params)]
+
+
 def level_rows(app: Flask, job_id: str) -> list[tuple[int, int, int]]:
     """(position, concurrency, succeeded) of every stored level row, duplicates included."""
-    with sqlite3.connect(app.config["PEP"]["database"]["path"]) as connection:
-        return connection.execute("SELECT position, concurrency, succeeded FROM stress_levels WHERE job_id = ? "
-                                  "ORDER BY position, id", (job_id,)).fetchall()
+    return query(app, "SELECT position, concurrency, succeeded FROM stress_levels WHERE job_id = :job "
+                      "ORDER BY position, id", job=job_id)
 
 
 def progress_status(app: Flask, job_id: str) -> str | None:
@@ -116,9 +123,8 @@ def assert_completed_once(app: Flask, job: dict[str, Any]) -> None:
     assert job["error"] is None and job["failed_requests"] == 0
     assert [(lv["concurrency"], lv["requests"], lv["succeeded"]) for lv in job["levels"]] == [(1, 2, 2), (2, 4, 4)]
     assert level_rows(app, job["id"]) == [(0, 1, 2), (1, 2, 4)]
-    with sqlite3.connect(app.config["PEP"]["database"]["path"]) as connection:
-        per_level = connection.execute("SELECT position, count(*) FROM stress_requests WHERE job_id = ? "
-                                       "GROUP BY position ORDER BY position", (job["id"],)).fetchall()
+    per_level = query(app, "SELECT position, count(*) FROM stress_requests WHERE job_id = :job "
+                           "GROUP BY position ORDER BY position", job=job["id"])
     assert per_level == [(0, 2), (1, 4)]  # every request once, however often a worker died
 
 
@@ -171,19 +177,20 @@ DIES_WHILE_INGESTING = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from backend.db import db
-    from backend.stress import worker
+    from backend.jobs import worker
+    from backend.stress import kind
 
-    ingest, marker = worker.Worker._ingest_levels, Path(sys.argv[1])
+    ingest, marker = kind.StressKind._ingest_levels, Path(sys.argv[1])
 
     def ingest_then_die(self, running, *, final):
-        before = set(running.ingested)
+        before = set(running.state.ingested)
         ingest(self, running, final=final)
-        if running.ingested - before:  # this worker added a level (and its requests) to the transaction
+        if running.state.ingested - before:  # this worker added a level (and its requests) to the transaction
             db.session.flush()  # the level row is in the database, in a transaction never committed
             marker.write_text("flushed")
             os.kill(os.getpid(), signal.SIGKILL)
 
-    worker.Worker._ingest_levels = ingest_then_die
+    kind.StressKind._ingest_levels = ingest_then_die
     sys.argv[1:] = []  # the worker takes no arguments
     sys.exit(worker.main())
 """)
@@ -197,8 +204,7 @@ def test_killed_while_ingesting_a_level(stack: tuple[Flask, Any, Workers], tmp_p
     wait_for(lambda: first.poll() is not None, 60, "the worker to die in the middle of ingesting")
     assert first.returncode == -signal.SIGKILL and marker.read_text() == "flushed"
     assert level_rows(app, job_id) == []  # what it flushed was rolled back
-    with sqlite3.connect(app.config["PEP"]["database"]["path"]) as connection:
-        assert connection.execute("SELECT count(*) FROM stress_requests").fetchone()[0] == 0
+    assert query(app, "SELECT count(*) FROM stress_requests") == [(0,)]
     job = restart_and_finish(client, workers, job_id)
     assert_completed_once(app, job)
 
@@ -246,42 +252,35 @@ def test_a_second_row_for_a_level_is_refused(app: Flask) -> None:
         db.session.commit()
 
 
-def test_the_migration_removes_existing_duplicates(app: Flask, tmp_path: Path) -> None:
+def test_the_migration_removes_existing_duplicates(app: Flask) -> None:
     from flask_migrate import downgrade, upgrade
 
     from backend.db import MIGRATIONS_DIR, db
 
-    path = tmp_path / "app.db"
-    with sqlite3.connect(path) as connection:
-        head = connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    [(head,)] = query(app, "SELECT version_num FROM alembic_version")
+    rows = [("j1", 0, 3), ("j1", 0, 3), ("j1", 1, 4), ("j1", 0, 3), ("j2", 0, 5), ("j2", 0, 5)]
+    level = ("INSERT INTO stress_levels (job_id, position, concurrency, requests, succeeded, failed, metrics, "
+             "raw_summary, raw_percentiles, complete) VALUES (:job, :position, 1, :n, :n, 0, '{}', '{}', '[]', TRUE)")
     with app.app_context():
         downgrade(directory=str(MIGRATIONS_DIR), revision="0002_stress_jobs")
-        db.engine.dispose()
-    rows = [("j1", 0, 3), ("j1", 0, 3), ("j1", 1, 4), ("j1", 0, 3), ("j2", 0, 5), ("j2", 0, 5)]
-    with sqlite3.connect(path) as connection:
-        for job_id in ("j1", "j2"):
-            connection.execute("INSERT INTO stress_jobs (id, created_at, status, model_key, target, params, "
-                               "estimated_requests, progress, cancel_requested) "
-                               "VALUES (?, '2026-11-30', 'interrupted', 'sim-fast', '{}', '{}', 0, '{}', 0)",
-                               (job_id,))
-        for job_id, position, succeeded in rows:
-            connection.execute("INSERT INTO stress_levels (job_id, position, concurrency, requests, succeeded, "
-                               "failed, metrics, raw_summary, raw_percentiles, complete) "
-                               "VALUES (?, ?, 1, ?, ?, 0, '{}', '{}', '[]', 1)",
-                               (job_id, position, succeeded, succeeded))
-        first_ids = connection.execute("SELECT MIN(id) FROM stress_levels GROUP BY job_id, position "
-                                       "ORDER BY job_id, position").fetchall()
-    with app.app_context():
+        with db.engine.begin() as connection:  # rows as the platform stored them before 0003
+            for job_id in ("j1", "j2"):
+                connection.execute(text("INSERT INTO stress_jobs (id, created_at, status, model_key, target, params, "
+                                        "estimated_requests, progress, cancel_requested) VALUES (:job, "
+                                        "'2026-11-30', 'interrupted', 'sim-fast', '{}', '{}', 0, '{}', FALSE)"),
+                                   {"job": job_id})
+            for job_id, position, succeeded in rows:
+                connection.execute(text(level), {"job": job_id, "position": position, "n": succeeded})
+            first_ids = connection.execute(text("SELECT MIN(id) FROM stress_levels GROUP BY job_id, position "
+                                                "ORDER BY job_id, position")).scalars().all()
         upgrade(directory=str(MIGRATIONS_DIR))
+        with db.engine.connect() as connection:
+            kept = connection.execute(text("SELECT id, job_id, position, succeeded FROM stress_levels "
+                                           "ORDER BY job_id, position")).all()
+            version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+            with pytest.raises(IntegrityError):
+                connection.execute(text(level), {"job": "j1", "position": 1, "n": 1})
         db.engine.dispose()
-    with sqlite3.connect(path) as connection:
-        kept = connection.execute("SELECT id, job_id, position, succeeded FROM stress_levels "
-                                  "ORDER BY job_id, position").fetchall()
-        version = connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
-        with pytest.raises(sqlite3.IntegrityError):
-            connection.execute("INSERT INTO stress_levels (job_id, position, concurrency, requests, succeeded, "
-                               "failed, metrics, raw_summary, raw_percentiles, complete) "
-                               "VALUES ('j1', 1, 1, 1, 1, 0, '{}', '{}', '[]', 1)")
-    assert [row[0] for row in kept] == [row[0] for row in first_ids]
-    assert [row[1:] for row in kept] == [("j1", 0, 3), ("j1", 1, 4), ("j2", 0, 5)]
+    assert [row[0] for row in kept] == first_ids
+    assert [tuple(row[1:]) for row in kept] == [("j1", 0, 3), ("j1", 1, 4), ("j2", 0, 5)]
     assert version == head

@@ -9,6 +9,8 @@ from flask import Blueprint, jsonify, request
 from backend.catalog.registry import ProviderName
 from backend.catalog.service import get_catalog
 from backend.errors import ApiError, NotFound
+from backend.openapi import documented
+from backend.openapi.models import JSON, ModelList
 
 bp = Blueprint("catalog_api", __name__, url_prefix="/api/v1/models")
 
@@ -17,6 +19,7 @@ CAPABILITIES = ("streaming", "images", "video", "reasoning")
 
 
 @bp.get("")
+@documented(responses={200: ModelList})
 def list_models():  # type: ignore[no-untyped-def]
     provider = request.args.get("provider")
     capability = request.args.get("capability")
@@ -34,6 +37,7 @@ def list_models():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<key>")
+@documented(responses={200: JSON})
 def get_model(key: str):  # type: ignore[no-untyped-def]
     catalog = get_catalog()
     spec = catalog.get(key)

@@ -8,6 +8,8 @@ from backend.catalog.service import get_catalog
 from backend.errors import ApiError, NotFound
 from backend.inference import service
 from backend.inference.schema import InferenceBody
+from backend.openapi import documented
+from backend.openapi.models import JSON, InferenceRunList
 from backend.sse import SSE_HEADERS
 from backend.validation import MAX_OFFSET, int_arg, json_body, parse_body
 
@@ -26,6 +28,7 @@ def _event_stream(plan: service.Plan) -> Response:
 
 
 @bp.post("/multi-inference")
+@documented(body=InferenceBody, sse=True)
 def multi_inference():  # type: ignore[no-untyped-def]
     body = parse_body(json_body(), InferenceBody)
     if body.model is not None:
@@ -34,6 +37,7 @@ def multi_inference():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/inference")
+@documented(body=InferenceBody, responses={200: {"application/json": None, "text/event-stream": None}})
 def inference():  # type: ignore[no-untyped-def]
     body = parse_body(json_body(), InferenceBody)
     if len(body.models) + (body.model is not None) + (body.manual_config is not None) != 1:
@@ -55,6 +59,7 @@ def inference():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/inference/runs")
+@documented(responses={200: InferenceRunList})
 def list_runs():  # type: ignore[no-untyped-def]
     settings = current_app.config["PEP"]["inference"]
     return jsonify(service.list_runs(current_app, limit=int_arg("limit", 50, 1, 500),
@@ -64,6 +69,7 @@ def list_runs():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/inference/runs/<run_id>")
+@documented(responses={200: JSON})
 def get_run(run_id: str):  # type: ignore[no-untyped-def]
     run = service.get_run(run_id)
     if run is None:

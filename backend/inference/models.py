@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, false
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from backend.db import db
+from backend.db_types import Json, UtcDateTime
+from backend.security.auth import created_by as actor_name
 from backend.text import cut_texts
 
 
@@ -20,13 +22,14 @@ class InferenceRun(db.Model):
     __tablename__ = "inference_runs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     status: Mapped[str] = mapped_column(String(16), default="running")  # running | completed
     prompt: Mapped[str] = mapped_column(Text)
     system: Mapped[str | None] = mapped_column(Text)
-    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # max_tokens, temperature, media
-    models: Mapped[list[str]] = mapped_column(JSON, default=list)
+    params: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)  # max_tokens, temperature, media
+    models: Mapped[list[str]] = mapped_column(Json, default=list)
+    created_by: Mapped[str | None] = mapped_column(String(100), default=actor_name)  # who started it (backend/security)
 
     results: Mapped[list[InferenceResult]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="InferenceResult.position"
@@ -44,6 +47,7 @@ class InferenceRun(db.Model):
             "system": self.system,
             "params": self.params,
             "models": self.models,
+            "created_by": self.created_by,
         }
         if preview is not None:
             cut_texts(data, ("prompt", "system"), preview)

@@ -17,11 +17,11 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy.orm import selectinload
 
 from backend.catalog.registry import ModelSpec
@@ -47,6 +47,8 @@ from backend.providers.base import (
     Target,
     Usage,
 )
+from backend.security import auth as security_auth
+from backend.security.targets import check_target
 from backend.sse import PING, sse_event, sse_frame_prefix
 from backend.text import scrub
 
@@ -77,6 +79,7 @@ class Plan:
     model_timeout_s: float
     heartbeat_s: float
     max_stored_chars: int
+    created_by: str | None = field(default_factory=security_auth.created_by)  # planned in the request
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -195,9 +198,12 @@ def prepare(body: InferenceBody, catalog: Catalog, settings: dict[str, Any]) -> 
         key = f"manual:{manual.label or manual.model_name}"
         if key in keys:
             raise ApiError("manual_config: its label collides with a model key", field="manual_config.label")
+        # The rules of backend/security/targets.py; the relay connects to the addresses checked here.
+        url_field = "manual_config.api_url" if manual.api_url else "manual_config.base_url"
         target = Target(key=key, provider="openai", model_id=manual.model_name, base_url=manual.base_url,
                         api_url=manual.api_url,
                         api_key=manual.api_key.get_secret_value() if manual.api_key else None)
+        target = replace(target, addresses=tuple(check_target(target.chat_url, url_field, current_app.config["PEP"])))
         planned.append(PlannedModel(key=key, name=manual.label or manual.model_name, provider="manual",
                                     request=chat_request(wanted), manual_target=target))
         # Where it went is kept; the key never is.
@@ -433,7 +439,8 @@ def collect(plan: Plan, catalog: Catalog, app: Flask) -> dict[str, Any]:
 
 def _run_row(plan: Plan) -> dict[str, Any]:
     return {"id": plan.run_id, "created_at": datetime.now(UTC), "status": "running", "prompt": plan.prompt,
-            "system": plan.system, "params": plan.params, "models": [p.key for p in plan.models]}
+            "system": plan.system, "params": plan.params, "models": [p.key for p in plan.models],
+            "created_by": plan.created_by}
 
 
 def _result_rows(plan: Plan, states: list[ModelState]) -> list[dict[str, Any]]:
@@ -448,7 +455,7 @@ def _result_rows(plan: Plan, states: list[ModelState]) -> list[dict[str, Any]]:
         rows.append({
             "run_id": plan.run_id, "position": position, "model": state.planned.key,
             "display_name": state.planned.name, "provider": state.planned.provider, "status": status,
-            "output": output[:limit], "reasoning": reasoning[:limit],
+            "output": scrub(output[:limit]), "reasoning": scrub(reasoning[:limit]),  # NUL, say
             "truncated": len(output) > limit or len(reasoning) > limit,
             "error_code": error.code if error else None,
             "error_message": scrub(error.message) if error else None,
@@ -466,7 +473,7 @@ def list_runs(app: Flask, *, limit: int, offset: int, model: str | None, text: s
         query = query.where(InferenceRun.id.in_(
             db.select(InferenceResult.run_id).where(InferenceResult.model == model)))
     if text:
-        query = query.where(InferenceRun.prompt.contains(text, autoescape=True))
+        query = query.where(InferenceRun.prompt.icontains(text, autoescape=True))
     total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery()))
     runs = db.session.scalars(query.options(selectinload(InferenceRun.results)).limit(limit).offset(offset)).all()
     page: dict[str, Any] = {"runs": [run.as_dict(preview=preview) for run in runs], "total": total, "limit": limit,

@@ -56,6 +56,9 @@ class Target:
     api_url: str | None = None  # OpenAI-compatible: full chat completions URL, wins over base_url
     api_key: str | None = field(default=None, repr=False)
     region: str | None = None  # Bedrock
+    # OpenAI-compatible: the addresses backend/security/targets.py checked; connect only to these (DNS
+    # rebinding). None: resolve the host when connecting (catalogue targets).
+    addresses: tuple[str, ...] | None = None
 
     @property
     def chat_url(self) -> str:

@@ -177,8 +177,9 @@ class _Exchange:
     would cross C code): a failure is kept in ``_error`` and raised by ``feed``.
     """
 
-    __slots__ = ("_body", "_emit", "_error", "_framed", "_parser", "_reason", "_sse", "_streaming", "_target",
-                 "_url", "bytes_seen", "complete", "headers_done", "keep_alive", "message_complete", "status")
+    __slots__ = ("_body", "_emit", "_error", "_framed", "_parser", "_reason", "_retry_after", "_sse", "_streaming",
+                 "_target", "_url", "bytes_seen", "complete", "headers_done", "keep_alive", "message_complete",
+                 "status")
 
     def __init__(self, target: Target, url: str, streaming: bool, emit: Callable[[StreamEvent], None]) -> None:
         self._target = target
@@ -189,6 +190,7 @@ class _Exchange:
         self._sse = _SseDecoder(target, emit)
         self._body = bytearray()
         self._reason = ""
+        self._retry_after = ""  # a 429's or 503's Retry-After, named in the error so the caller can wait
         self._framed = False  # Content-Length or chunked: the end of the body is known without EOF
         self._error: ProviderError | None = None
         self.status = 0
@@ -211,6 +213,8 @@ class _Exchange:
         name = name.lower()
         if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
             self._framed = True
+        elif name == b"retry-after":
+            self._retry_after = value.decode("latin-1").strip()[:40]
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -264,9 +268,11 @@ class _Exchange:
     def _end_of_body(self) -> None:
         try:
             if self.status >= 400:
-                raise ProviderError(code_for_status(self.status),
-                                    _error_message(self.status, bytes(self._body[:_ERROR_BODY_LIMIT]), self._reason),
-                                    status=self.status)
+                message = error_message(self.status, bytes(self._body[:_ERROR_BODY_LIMIT]), self._reason)
+                if self._retry_after:
+                    wait = self._retry_after
+                    message += f" (retry after {wait} s)" if wait.isdigit() else f" (retry after {wait})"
+                raise ProviderError(code_for_status(self.status), message, status=self.status)
             if self._streaming:
                 self._sse.end_of_body()
                 self._finish()
@@ -281,20 +287,39 @@ class _Exchange:
         self._sse.finish()
 
 
-def _error_message(status: int, raw: bytes, reason: str) -> str:
-    text = raw.decode("utf-8", "replace").strip()
+_EXCERPT_CHARS = 200
+
+
+def excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
+    """An upstream's error message as shown to a client: printable (control characters escaped), bounded."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text.strip())
+    return shown if len(shown) <= limit else shown[:limit] + "…"
+
+
+def error_message(status: int, raw: bytes, reason: str) -> str:
+    """``HTTP <status>: <message>``. Only a JSON error body's message is shown (short, escaped); any other
+    body (an HTML page, text) is never echoed: a manual URL could point at a page that is not an API."""
     try:
-        body = json.loads(text)
+        body = json.loads(raw.decode("utf-8"))
     except ValueError:
-        return f"HTTP {status}: {text[:300] or reason}"
+        body = None
+    message = None
     if isinstance(body, dict):
-        error = body.get("error", body)
+        error = body.get("error")
         if isinstance(error, dict):
-            message = error.get("message") or error.get("detail") or json.dumps(error)[:300]
-        else:
-            message = str(error)
-        return f"HTTP {status}: {message}"
-    return f"HTTP {status}: {text[:300]}"
+            message = error.get("message") or error.get("detail")
+        elif isinstance(error, str):
+            message = error
+        if message is None and isinstance(body.get("detail"), str):  # FastAPI's shape (vLLM's 404s)
+            message = body["detail"]
+        if message is None and body.get("object") == "error":  # older vLLM
+            message = body.get("message")
+    if isinstance(message, str) and message.strip():
+        return f"HTTP {status}: {excerpt(message)}"
+    if raw.strip():
+        log.info("HTTP %s from upstream with a body that is not a JSON error (%d bytes): not shown", status, len(raw))
+        return f"HTTP {status}: {excerpt(reason, 80) or 'error'} (the response body is not a JSON error; not shown)"
+    return f"HTTP {status}: {excerpt(reason, 80) or 'error'}"
 
 
 _TLS = ssl.create_default_context()  # loading the CA bundle costs milliseconds: once per process
@@ -328,9 +353,17 @@ def _request_bytes(target: Target, request: ChatRequest, url: str,
     return parts.scheme, parts.hostname, port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def _connect(scheme: str, host: str, port: int, url: str, request: ChatRequest, cancel: Cancellation) -> socket.socket:
+def _connect(scheme: str, host: str, port: int, url: str, request: ChatRequest, cancel: Cancellation,
+             addresses: tuple[str, ...] | None = None) -> socket.socket:
+    """A connection to ``host`` (or, when given, to the first of the checked ``addresses`` that answers).
+
+    A refused port, an unknown host and an unreachable address give the same message, so that a manual
+    URL cannot be used to scan ports or names (the server log keeps the reason)."""
     try:
-        sock = socket.create_connection((host, port), timeout=request.connect_timeout_s)
+        if addresses is None:
+            sock = socket.create_connection((host, port), timeout=request.connect_timeout_s)
+        else:
+            sock = _connect_checked(addresses, port, request.connect_timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if scheme == "https":
             sock = _TLS.wrap_socket(sock, server_hostname=host)
@@ -339,9 +372,23 @@ def _connect(scheme: str, host: str, port: int, url: str, request: ChatRequest, 
     except OSError as exc:
         if cancel.is_set():
             raise ProviderError("cancelled", "cancelled") from exc
-        raise ProviderError("upstream", f"cannot connect to {url} ({exc.strerror or exc})") from exc
+        log.warning("cannot connect to %s: %s", url, exc.strerror or exc.__class__.__name__)
+        raise ProviderError("upstream", f"cannot connect to {url}") from exc
     sock.settimeout(request.read_timeout_s)
     return sock
+
+
+def _connect_checked(addresses: tuple[str, ...], port: int, timeout_s: float) -> socket.socket:
+    if not addresses:
+        raise OSError("the host name did not resolve")
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            return socket.create_connection((address, port), timeout=timeout_s)
+        except OSError as exc:
+            error = exc
+    assert error is not None
+    raise error
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -360,7 +407,7 @@ def stream(target: Target, request: ChatRequest, cancel: Cancellation) -> Iterat
     """
     url = target.chat_url
     scheme, host, port, payload = _request_bytes(target, request, url)
-    sock = _connect(scheme, host, port, url, request, cancel)
+    sock = _connect(scheme, host, port, url, request, cancel, target.addresses)
     cancel.on_cancel(lambda: _shutdown(sock))
     events: list[StreamEvent] = []
     exchange = _Exchange(target, url, request.stream, events.append)
@@ -414,7 +461,8 @@ def stream_to(target: Target, request: ChatRequest, cancel: Cancellation,
             emit(event)
         return
     _, host, port, payload = _request_bytes(target, request, url, keep_alive=True)
-    server = (host, port)
+    # A checked target keeps its connections apart: an idle one to the same name may lead elsewhere.
+    server = (host if target.addresses is None else ",".join(target.addresses), port)
     sock = _IDLE.take(server)
     if sock is not None:
         exchange = _Exchange(target, url, True, emit)
@@ -424,7 +472,7 @@ def stream_to(target: Target, request: ChatRequest, cancel: Cancellation,
                 raise error
             return
         # The server had closed this idle connection (nothing came back): once more on a new one.
-    sock = _connect("http", host, port, url, request, cancel)
+    sock = _connect("http", host, port, url, request, cancel, target.addresses)
     error = _exchange_on_loop(loop, server, sock, payload, _Exchange(target, url, True, emit), request, cancel)
     if error is not None:
         raise error

@@ -5,6 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from backend.errors import ApiError
+from backend.openapi import documented
+from backend.openapi.models import DOWNLOAD, JSON, ResultList
 from backend.results import compare, export, service
 from backend.results.slo_args import slo_from_args
 from backend.validation import MAX_OFFSET, int_arg
@@ -20,6 +22,7 @@ EXPORTS = {  # format: (media type, file name suffix)
 
 
 @bp.get("")
+@documented(responses={200: ResultList})
 def list_results():  # type: ignore[no-untyped-def]
     args = request.args
     return jsonify(service.list_results(model=args.get("model") or None, status=args.get("status") or None,
@@ -29,11 +32,13 @@ def list_results():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/compare")
+@documented(responses={200: JSON})
 def compare_jobs():  # type: ignore[no-untyped-def]
     return jsonify(_comparison())
 
 
 @bp.get("/compare/export", endpoint="compare_export")
+@documented(responses={200: DOWNLOAD})
 def export_comparison():  # type: ignore[no-untyped-def]
     kind = request.args.get("format", "")
     if kind not in ("csv", "json", "html"):
@@ -54,12 +59,14 @@ def _comparison() -> dict:
 
 
 @bp.get("/<job_id>")
+@documented(responses={200: JSON})
 def job_results(job_id: str):  # type: ignore[no-untyped-def]
     job = service.stress_job(job_id)
     return jsonify(service.job_results(job, slo_from_args(request.args, service.default_slo())))
 
 
 @bp.get("/<job_id>/export", endpoint="export")
+@documented(responses={200: DOWNLOAD})
 def export_job(job_id: str):  # type: ignore[no-untyped-def]
     kind = request.args.get("format", "")
     if kind not in EXPORTS:

@@ -29,18 +29,21 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from scipy import stats
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, select, update
+from sqlalchemy import Boolean, Integer, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from backend.db import db
+from backend.db_types import Json, UtcDateTime
 from backend.errors import ApiError, NotFound
+from backend.jobs import service as job_service
 from backend.results.figures import _clean, _figure
 from backend.results.metrics import LIMITED, Slo, percentile
 from backend.results.service import job_results, load_requests
+from backend.security.auth import created_by as actor_name
 from backend.stress import secrets
 from backend.stress.datasets import get_dataset
 from backend.stress.models import ACTIVE, JobStatus, StressJob, new_job_id, transition, utcnow
@@ -248,6 +251,56 @@ def probe_dict(probe: Probe, slo: Slo) -> dict[str, Any]:
             "verdict": judge_probe(probe, slo).as_dict()}
 
 
+# --- where to start: Little's law ----------------------------------------------------------------
+
+ESTIMATE_PROBE = 32  # the estimate's probe sends this many requests at once (max_concurrency when lower)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    start: int  # the first concurrency the search probes
+    value: float | None  # lambda x W, or None when it cannot be computed
+    reason: str
+    allowed_s: float | None = None  # W
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "value": self.value, "allowed_s": self.allowed_s, "reason": self.reason}
+
+
+def littles_law(level: Mapping[str, Any], slo: Slo, maximum: int) -> Estimate:
+    """The concurrency the target can hold within the SLO by Little's law, L = lambda x W: lambda is the
+    request rate of a short probe with every request in flight at once (what the target delivers when
+    saturated), W the time the SLO allows one request. W is the latency limit; else the TTFT limit
+    (or, unbounded, one TPOT) plus the TPOT limit for each further output token; else, with only a TTFT
+    limit, that limit plus the probe's own decode time (latency - TTFT). With no time bound, or no
+    successful request, there is no estimate and the search starts at 1. Saturation overstates lambda
+    at the SLO's load, so the estimate tends high; the search bisects down from a start that breaks."""
+    def start_at_one(reason: str) -> Estimate:
+        return Estimate(1, None, f"{reason}: starting at 1")
+
+    rate, metrics = level.get("req_per_s"), level.get("metrics") or {}
+    if not level.get("succeeded") or not rate:
+        return start_at_one("the estimate's probe had no successful request")
+    output = level.get("avg_output_tokens")
+    mean = {name: (metrics.get(name) or {}).get("avg") for name in ("latency_s", "ttft_ms")}
+    if slo.latency_s is not None:
+        allowed, how = slo.latency_s, f"the latency limit {slo.latency_s:g} s"
+    elif slo.tpot_ms is not None and output:
+        first = slo.ttft_ms if slo.ttft_ms is not None else slo.tpot_ms
+        allowed = (first + slo.tpot_ms * max(float(output) - 1.0, 0.0)) / 1000.0
+        how = (f"{'the TTFT limit' if slo.ttft_ms is not None else 'one TPOT'} plus the TPOT limit for "
+               f"{max(float(output) - 1.0, 0.0):.3g} more output tokens")
+    elif slo.ttft_ms is not None and mean["latency_s"] is not None and mean["ttft_ms"] is not None:
+        allowed = slo.ttft_ms / 1000.0 + max(mean["latency_s"] - mean["ttft_ms"] / 1000.0, 0.0)
+        how = "the TTFT limit plus the probe's decode time"
+    else:
+        return start_at_one("the SLO bounds no time per request, so Little's law gives no estimate")
+    value = float(rate) * allowed
+    start = min(max(1, math.floor(value)), maximum)
+    return Estimate(start, value, f"{float(rate):.3g} req/s saturated x {allowed:.3g} s allowed per request "
+                                  f"({how}) = {value:.3g}: starting at {start}", allowed)
+
+
 # --- the search as rows --------------------------------------------------------------------------
 
 log = logging.getLogger("backend.results.capacity_search")
@@ -257,27 +310,31 @@ class CapacitySearch(db.Model):
     __tablename__ = "capacity_searches"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, index=True)
     model_key: Mapped[str] = mapped_column(String(200))
-    target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # as a stress job's
-    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the workload, without levels
+    target: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)  # as a stress job's
+    params: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)  # the workload, without levels
     api_key_encrypted: Mapped[str | None] = mapped_column(Text)  # copied to each probe job; wiped at the end
-    slo: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    start: Mapped[int] = mapped_column(Integer, default=1)
+    slo: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    start: Mapped[int] = mapped_column(Integer, default=1)  # with start_auto: set from the estimate
+    start_auto: Mapped[bool] = mapped_column(Boolean, default=False)  # start from a Little's-law estimate
+    # The estimate's probe and its figures: {concurrency, jobs, req_per_s, latency_s, allowed_s, value, reason}
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(Json)
     precision: Mapped[str] = mapped_column(String(16), default="1")  # "4" (steps) or "10%"
     repeats: Mapped[int] = mapped_column(Integer, default=2)
     max_concurrency: Mapped[int] = mapped_column(Integer)
     requests: Mapped[int] = mapped_column(Integer)  # at least this many requests per probe job
     requests_per_slot: Mapped[int] = mapped_column(Integer, default=2)  # and at least this many per slot
     # Recorded probes: {concurrency, jobs, repeats: [figures], levels: [{req_per_s, ..., cost}]}
-    probes: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    pending: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the probe running: {concurrency, jobs}
+    probes: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list)
+    pending: Mapped[dict[str, Any] | None] = mapped_column(Json)  # the probe running: {concurrency, jobs}
     reason: Mapped[str | None] = mapped_column(Text)  # why it ended (the planner's words, or a failure)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     version: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str | None] = mapped_column(String(100), default=actor_name)  # who started it (backend/security)
 
     @property
     def job_status(self) -> JobStatus:
@@ -329,12 +386,19 @@ class SearchBody(BaseModel):
 
     model_config = STRICT
 
-    start: int = Field(default=1, ge=1)
+    start: int | Literal["auto"] = 1  # "auto": from the Little's-law estimate of one short unbounded probe
     precision: int | str = 1
     repeats: int = Field(default=2, ge=1, le=5)
     max_concurrency: int | None = Field(default=None, ge=1)
     requests_per_slot: int = Field(default=2, ge=1, le=100)
     slo: SloBody | None = None
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1, or \"auto\"")
+        return value
 
     @field_validator("precision")
     @classmethod
@@ -360,15 +424,20 @@ def create_search(raw: Any, catalog: Any, config: dict[str, Any]) -> CapacitySea
                                        and not isinstance(workload["requests"], bool)):
         raise ApiError("requests: must be a whole number (at least this many requests per probe)", field="requests")
     workload.setdefault("requests", 1)
-    body: StressParams = parse_body({**workload, "concurrency": [search_body.start]}, StressParams)
+    body: StressParams = parse_body({**workload, "concurrency": [1 if search_body.start == "auto"
+                                                                  else search_body.start]}, StressParams)
     settings = config["stress"]
     params = check_limits(body, settings)
+    if body.labels:
+        params["labels"] = body.labels  # every probe job requires them (_queue_probe_job)
     max_parallel, max_requests = int(settings["max_parallel"]), int(settings["max_requests"])
     maximum = search_body.max_concurrency or max_parallel
     if maximum > max_parallel:
         raise ApiError(f"max_concurrency: at most {max_parallel} (stress.max_parallel)", field="max_concurrency")
-    if maximum < search_body.start:
-        raise ApiError(f"max_concurrency: must be at least start ({search_body.start})", field="max_concurrency")
+    auto = search_body.start == "auto"
+    start = 1 if auto else int(search_body.start)
+    if maximum < start:
+        raise ApiError(f"max_concurrency: must be at least start ({start})", field="max_concurrency")
     if search_body.requests_per_slot * maximum > max_requests:
         raise ApiError(f"requests_per_slot: {search_body.requests_per_slot} per slot at max_concurrency {maximum} "
                        f"is more than {max_requests} requests (stress.max_requests)", field="requests_per_slot")
@@ -385,7 +454,7 @@ def create_search(raw: Any, catalog: Any, config: dict[str, Any]) -> CapacitySea
     requests = params.pop("requests")[0]
     params.pop("concurrency")
     search = CapacitySearch(model_key=target["key"], target=target, params=params, slo=slo.as_dict(),
-                            start=search_body.start, precision=str(search_body.precision),
+                            start=start, start_auto=auto, precision=str(search_body.precision),
                             repeats=search_body.repeats, max_concurrency=maximum, requests=requests,
                             requests_per_slot=search_body.requests_per_slot, probes=[])
     if body.manual_config is not None and body.manual_config.api_key is not None:
@@ -407,6 +476,40 @@ def get_search(search_id: str) -> CapacitySearch:
     return search
 
 
+def where(search: CapacitySearch) -> Outcome:
+    """The planner's outcome, or, while an automatic start is being measured, that."""
+    if search.start_auto and search.estimate is None:
+        count = min(search.max_concurrency, ESTIMATE_PROBE)
+        return Outcome(False, None, None, None, f"estimating where to start: {count} requests at once, then "
+                       "Little's law")
+    return outcome(search.state())
+
+
+def list_searches(*, status: str | None, model: str | None, limit: int, offset: int) -> dict[str, Any]:
+    """Searches, newest first, each with its bracket and capacity (from its row: no job is read)."""
+    query = select(CapacitySearch)
+    if (wanted := job_service.statuses(status)) is not None:
+        query = query.where(CapacitySearch.status.in_(wanted))
+    if model:
+        query = query.where(CapacitySearch.model_key == model)
+    total = db.session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = db.session.scalars(query.order_by(CapacitySearch.created_at.desc(), CapacitySearch.id)
+                              .limit(limit).offset(offset)).all()
+    items = []
+    for search in rows:
+        found = where(search)
+        completed = search.status == JobStatus.COMPLETED.value
+        items.append({"id": search.id, "status": search.status, "is_finished": search.is_finished,
+                      "created_at": _iso(search.created_at), "finished_at": _iso(search.finished_at),
+                      "model": search.model_key, "name": (search.target or {}).get("name"),
+                      "label": (search.params or {}).get("label"),
+                      "slo": Slo.from_mapping(search.slo).describe(), "probes": len(search.probes or []),
+                      "bracket": {"last_good": found.last_good, "first_bad": found.first_bad},
+                      "capacity": found.capacity if completed else None,
+                      "reason": search.reason if search.is_finished else found.reason})
+    return {"searches": items, "total": total, "limit": limit, "offset": offset}
+
+
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -421,11 +524,12 @@ def search_dict(search: CapacitySearch) -> dict[str, Any]:
     """The search as the API and its page show it: every probe with its figures and their spread, the
     bracket, the capacity and why, and the cost at capacity."""
     state = search.state()
-    found = outcome(state)
+    found = where(search)
     probes = []
     for stored, probe in zip(search.probes or [], state.probes, strict=True):
         levels = stored.get("levels") or []
         probes.append({**probe_dict(probe, state.slo), "jobs": stored.get("jobs", []),
+                       "replaced": stored.get("replaced", []),  # interrupted jobs run again
                        "req_per_s": _mean_or_none([lv.get("req_per_s") for lv in levels]),
                        "output_tokens_per_s": _mean_or_none([lv.get("output_tokens_per_s") for lv in levels]),
                        "usd_per_m_output_tokens": _mean_or_none([(lv.get("cost") or {}).get("usd_per_m_output_tokens")
@@ -441,15 +545,17 @@ def search_dict(search: CapacitySearch) -> dict[str, Any]:
         cost = {"usd_per_m_output_tokens": at_capacity["usd_per_m_output_tokens"],
                 "reason": f"mean over the {len(at_capacity['jobs'])} repeats at concurrency {found.capacity}"}
     pending = dict(search.pending) if search.pending else None
-    jobs = [job for p in search.probes or [] for job in p.get("jobs", [])] + (pending or {}).get("jobs", [])
+    jobs = [*(search.estimate or {}).get("jobs", []), *(job for p in search.probes or [] for job in p.get("jobs", [])),
+            *(pending or {}).get("jobs", [])]  # the estimate's probe, each probe's repeats, the one running
     finished = search.is_finished
     return {
         "id": search.id, "status": search.status, "is_finished": finished,
         "created_at": _iso(search.created_at), "started_at": _iso(search.started_at),
-        "finished_at": _iso(search.finished_at), "model": search.model_key,
+        "finished_at": _iso(search.finished_at), "model": search.model_key, "created_by": search.created_by,
         "target": {k: v for k, v in dict(search.target).items() if k != "api_key_env"},
         "params": dict(search.params), "slo": {**state.slo.as_dict(), "description": state.slo.describe()},
-        "start": search.start, "precision": _precision_raw(search.precision), "repeats": search.repeats,
+        "start": search.start, "start_auto": search.start_auto, "estimate": search.estimate,
+        "precision": _precision_raw(search.precision), "repeats": search.repeats,
         "max_concurrency": search.max_concurrency, "requests": search.requests,
         "requests_per_slot": search.requests_per_slot,
         "probes": probes, "pending": pending,
@@ -569,10 +675,20 @@ def advance(search_id: str) -> None:
         else:
             db.session.commit()
         return
+    if pending is None and search.start_auto and search.estimate is None:
+        count = min(search.max_concurrency, ESTIMATE_PROBE)
+        job = _queue_probe_job(search, count, 0, requests=count)
+        _commit_if(search, pending={"concurrency": count, "jobs": [job.id], "estimate": True})
+        return
     if pending is not None:
         if any(job is not None and not job.is_finished for job in jobs):
             return  # the probe job runs: nothing to do until it ends
+        if _retry_interrupted(search, pending, jobs):
+            return
         failure = _unmeasured(jobs)
+        if pending.get("estimate"):
+            _record_estimate(search, pending, jobs, failure)
+            return
         if failure is not None:
             _finish(search, JobStatus.FAILED, f"probe at concurrency {pending['concurrency']}: {failure}"
                     + _so_far(search))
@@ -581,7 +697,10 @@ def advance(search_id: str) -> None:
             job = _queue_probe_job(search, int(pending["concurrency"]), len(jobs))
             _commit_if(search, pending={**pending, "jobs": [*pending["jobs"], job.id]})
             return
-        recorded = [*search.probes, _measure(search, int(pending["concurrency"]), jobs)]  # type: ignore[arg-type]
+        measured = _measure(search, int(pending["concurrency"]), jobs)  # type: ignore[arg-type]
+        if pending.get("replaced"):
+            measured["replaced"] = list(pending["replaced"])
+        recorded = [*search.probes, measured]
         if not _commit_if(search, probes=recorded, pending=None):
             return
         search = db.session.get(CapacitySearch, search_id, populate_existing=True)
@@ -592,6 +711,48 @@ def advance(search_id: str) -> None:
         return
     job = _queue_probe_job(search, found.next_probe, 0)
     _commit_if(search, pending={"concurrency": found.next_probe, "jobs": [job.id]})
+
+
+PROBE_RETRIES = 2  # probe jobs ended ``interrupted`` that are run again, per probe, before the search fails
+
+
+def _retry_interrupted(search: CapacitySearch, pending: dict[str, Any], jobs: Sequence[StressJob | None]) -> bool:
+    """A probe job cut short by a crash (``interrupted``, without its complete level) is no measurement
+    of the target: it is replaced by a new job for the same repeat, up to ``PROBE_RETRIES`` a probe.
+    A job that failed (the target refused, evalscope erred) is a finding and is not retried."""
+    lost = [job.id for job in jobs if job is not None and job.job_status is JobStatus.INTERRUPTED
+            and not any(level.position == 0 and level.complete for level in job.levels)]
+    retries = int(pending.get("retries", 0))
+    if not lost or retries + len(lost) > PROBE_RETRIES:
+        return False
+    concurrency = int(pending["concurrency"])
+    count = concurrency if pending.get("estimate") else None
+    replaced = []
+    for index, job_id in enumerate(pending["jobs"]):
+        replaced.append(_queue_probe_job(search, concurrency, index, requests=count).id if job_id in lost else job_id)
+    log.info("capacity search %s: probe job%s %s interrupted; running again", search.id,
+             "s" if len(lost) > 1 else "", ", ".join(lost))
+    return _commit_if(search, pending={**pending, "jobs": replaced, "retries": retries + len(lost),
+                                       "replaced": [*pending.get("replaced", []), *lost]})
+
+
+def _record_estimate(search: CapacitySearch, pending: dict[str, Any], jobs: Sequence[StressJob | None],
+                     failure: str | None) -> None:
+    """The estimate's probe has ended: the search's start from Little's law (1 when it gives none)."""
+    job = jobs[0] if jobs else None
+    if failure is not None or job is None:
+        found = Estimate(1, None, f"the estimate's probe gave no measurement ({failure}): starting at 1")
+        level: dict[str, Any] = {}
+    else:
+        results = job_results(job, Slo.from_mapping(search.slo))
+        level = next(lv for lv in results["levels"] if lv["position"] == 0)
+        found = littles_law(level, Slo.from_mapping(search.slo), search.max_concurrency)
+    record = {**found.as_dict(), "concurrency": int(pending["concurrency"]), "jobs": list(pending["jobs"]),
+              "replaced": list(pending.get("replaced", [])), "req_per_s": level.get("req_per_s"),
+              "latency_s": ((level.get("metrics") or {}).get("latency_s") or {}).get("avg"),
+              "output_tokens": level.get("avg_output_tokens")}
+    if _commit_if(search, estimate=record, start=found.start, pending=None):
+        log.info("capacity search %s: %s", search.id, found.reason)
 
 
 def _commit_if(search: CapacitySearch, **values: Any) -> bool:
@@ -633,12 +794,14 @@ def requests_for(search: CapacitySearch, concurrency: int) -> int:
     return max(search.requests, search.requests_per_slot * concurrency)
 
 
-def _queue_probe_job(search: CapacitySearch, concurrency: int, repeat: int) -> StressJob:
-    count = requests_for(search, concurrency)
+def _queue_probe_job(search: CapacitySearch, concurrency: int, repeat: int, *, requests: int | None = None
+                     ) -> StressJob:
+    count = requests if requests is not None else requests_for(search, concurrency)
     params = {**dict(search.params), "concurrency": [concurrency], "requests": [count]}
-    job = StressJob(model_key=search.model_key, target=dict(search.target), params=params,
+    labels = params.pop("labels", None)
+    job = StressJob(model_key=search.model_key, target=dict(search.target), params=params, labels=labels,
                     estimated_requests=count, token_source="tokenizer" if params.get("tokenizer") else "server",
-                    api_key_encrypted=search.api_key_encrypted, search_id=search.id,
+                    api_key_encrypted=search.api_key_encrypted, search_id=search.id, created_by=search.created_by,
                     progress={"percent": 0.0, "level": 0, "levels": 1, "concurrency": None, "processed": 0,
                               "total": count, "search": {"id": search.id, "repeat": repeat + 1}})
     db.session.add(job)

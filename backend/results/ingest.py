@@ -16,6 +16,7 @@ import json
 import math
 import pickle
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ MAX_ERROR_CHARS = 500
 class LevelRequests:
     rows: list[dict[str, Any]]  # StressRequest columns without job_id and position
     gaps_ms: np.ndarray  # every inter-token gap of the level's requests, for its ITL percentiles
+    origin: float | None = None  # the first start on evalscope's clock (perf_counter): start_s 0 of the rows
 
 
 def _number(value: Any) -> float | None:
@@ -142,7 +144,40 @@ def read_level_file(path: Path) -> LevelRequests | None:
             "output_tokens": _count(row["completion_tokens"]) if success else None,
             "error": None if success else _error_text(row["response_messages"]),
         })
-    return LevelRequests(rows=rows, gaps_ms=np.concatenate(all_gaps) if all_gaps else _NO_GAPS)
+    return LevelRequests(rows=rows, gaps_ms=np.concatenate(all_gaps) if all_gaps else _NO_GAPS, origin=origin)
+
+
+def merge_shards(parts: Sequence[LevelRequests]) -> tuple[LevelRequests, tuple[float, float] | None]:
+    """One level's requests from all its shards, on one clock (0 is the earliest start of any shard) and
+    ordered by start, and the window in which every shard ran: from the latest of the shards' first starts
+    to the earliest of their last ends (None when some shard has no timed request or they never overlap).
+
+    The shards of one host share evalscope's clock (``perf_counter``, the system's monotonic clock)."""
+    timed = [part for part in parts if part.origin is not None]
+    origin = min((part.origin for part in timed), default=None)  # type: ignore[type-var]
+    rows: list[dict[str, Any]] = []
+    spans: list[tuple[float, float] | None] = []
+    for part in parts:
+        shift = (part.origin - origin) if part.origin is not None and origin is not None else 0.0
+
+        def moved(value: float | None, shift: float = shift) -> float | None:
+            return value + shift if value is not None else None
+
+        shifted = [{**row, "start_s": moved(row["start_s"]), "end_s": moved(row["end_s"])} for row in part.rows]
+        starts = [row["start_s"] for row in shifted if row["start_s"] is not None]
+        ends = [row["end_s"] for row in shifted if row["end_s"] is not None]
+        spans.append((min(starts), max(ends)) if starts and ends else None)
+        rows.extend(shifted)
+    rows.sort(key=lambda row: (row["start_s"] is None, row["start_s"] or 0.0))
+    rows = [{**row, "seq": seq} for seq, row in enumerate(rows)]
+    gaps = [part.gaps_ms for part in parts if len(part.gaps_ms)]
+    merged = LevelRequests(rows=rows, gaps_ms=np.concatenate(gaps) if gaps else _NO_GAPS, origin=origin)
+    window = None
+    if spans and all(span is not None for span in spans):
+        start = max(span[0] for span in spans if span is not None)
+        end = min(span[1] for span in spans if span is not None)
+        window = (start, end) if end > start else None
+    return merged, window
 
 
 def store_requests(session: Session, job_id: str, position: int, rows: list[dict[str, Any]]) -> None:

@@ -43,6 +43,8 @@ DEFINITIONS = {
     "cost": "Cost per million output tokens: hourly price x instances / (3600 x output tokens/s) x 10^6 for "
             "instances; for Bedrock, the input and output tokens of a request at their prices, per output token.",
     "partial": "A level cut short by a cancel or a crash: its figures come from the requests it finished.",
+    "saturated": "Load generator saturated: an evalscope process used at least 90 % of a core over the level, "
+                 "so its latencies are the client's, not the server's (split the level over more shards).",
 }
 
 PERCENTILES = (50, 90, 95, 99)
@@ -295,3 +297,52 @@ def level_from_requests(requests: Sequence[Mapping[str, Any]], gaps_ms: Sequence
             "itl_ms": dist(gaps_ms),
         },
     }
+
+
+def over_window(result: dict[str, Any], requests: Sequence[Mapping[str, Any]],
+                window: tuple[float, float]) -> dict[str, Any]:
+    """``result`` (``level_from_requests`` of a sharded level's merged rows) with its duration and throughputs
+    taken over ``window``, the time in which every shard ran: each successful request counts, with its
+    tokens, for the fraction of its own duration that lies inside the window.
+
+    Counting only the requests that *completed* inside would be the other reading, but closed-loop shards
+    finish their requests in waves (every slot of a shard at once, with identical outputs): a window that
+    ends just before one shard's last wave drops that whole wave, a quarter of a small level's requests.
+    Weighting by overlap counts the work done in the window, whichever side of its edges a request ends."""
+    start, end = window
+    counted = tokens_out = tokens_all = 0.0
+    for row in requests:
+        if not row.get("success") or row.get("start_s") is None or row.get("end_s") is None:
+            continue
+        begun, ended = float(row["start_s"]), float(row["end_s"])
+        if ended <= begun:
+            weight = 1.0 if start <= ended <= end else 0.0
+        else:
+            weight = max(0.0, min(ended, end) - max(begun, start)) / (ended - begun)
+        output = int(row.get("output_tokens") or 0)
+        counted += weight
+        tokens_out += weight * output
+        tokens_all += weight * (output + int(row.get("input_tokens") or 0))
+    duration = end - start
+    figures = dict(result)
+    figures.update(duration_s=duration, req_per_s=counted / duration if result["succeeded"] else None,
+                   output_tokens_per_s=tokens_out / duration if result["succeeded"] else None,
+                   total_tokens_per_s=tokens_all / duration if result["succeeded"] else None)
+    return figures
+
+
+SATURATED_AT = 0.9  # client CPU over wall time: evalscope is one event loop, so at most one core
+
+
+def client_load(records: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """Each load generator's CPU over a level (``client_cpu.json``: cpu_s and wall_s) and whether any of
+    them was saturated, in which case the level's latencies are the client's rather than the server's."""
+    shards = []
+    for record in records:
+        cpu = (record or {}).get("cpu_s")
+        wall = (record or {}).get("wall_s")
+        ok = isinstance(cpu, int | float) and isinstance(wall, int | float) and wall > 0
+        shards.append({"cpu_s": cpu if ok else None, "wall_s": wall if ok else None,
+                       "utilisation": round(cpu / wall, 4) if ok else None})
+    saturated = any(s["utilisation"] is not None and s["utilisation"] >= SATURATED_AT for s in shards)
+    return {"shards": shards, "saturated": saturated}

@@ -97,6 +97,7 @@ def _level_row(level: StressLevel, columns: Columns | None, slo: Slo, prices: Pr
     data["position"] = level.position
     data["metrics"] = {name: {q: (level.metrics or {}).get(name, {}).get(q) for q in QUANTILES} for name in METRICS}
     data["error_rate"] = level.failed / level.requests if level.requests else None
+    data["client"] = (level.metrics or {}).get("client")  # load generators' CPU; "saturated" when one was
     data["per_request_rows"] = len(columns) if columns is not None else 0
     if columns is not None and len(columns):
         data["goodput"] = goodput(columns, slo, level.duration_s).as_dict()
@@ -158,6 +159,7 @@ def _job_summary(job: StressJob) -> dict[str, Any]:
             "created_at": job.created_at.isoformat() if job.created_at else None,
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
             "error": job.error, "token_source": job.token_source,
+            "search_id": job.search_id,  # the capacity search this job is a probe of, if any
             "workload": {key: params.get(key) for key in ("dataset", "input_tokens", "output_tokens", "stream",
                                                            "temperature", "tokenizer", "dataset_file")},
             "concurrency": params.get("concurrency"), "requests": params.get("requests")}
@@ -203,9 +205,9 @@ def list_results(*, model: str | None, status: str | None, since: str | None, un
     if (end := _date(until, "until")) is not None:
         query = query.where(StressJob.created_at < end)
     if text:
-        pattern = f"%{text}%"
-        query = query.where(or_(StressJob.id.ilike(pattern), StressJob.model_key.ilike(pattern),
-                                StressJob.target["name"].as_string().ilike(pattern)))
+        query = query.where(or_(StressJob.id.icontains(text, autoescape=True),
+                                StressJob.model_key.icontains(text, autoescape=True),
+                                StressJob.target["name"].as_string().icontains(text, autoescape=True)))
     total = db.session.scalar(select(func.count()).select_from(query.subquery()))
     jobs = db.session.scalars(query.order_by(StressJob.created_at.desc(), StressJob.id)
                               .limit(limit).offset(offset)).all()

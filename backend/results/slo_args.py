@@ -5,11 +5,11 @@ Limits left out keep the configured default; an empty value (``ttft_ms=``) remov
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 from backend.errors import ApiError
 from backend.results.metrics import Slo
+from backend.validation import number
 
 BOUNDS = {  # name: (lowest, highest) accepted
     "ttft_ms": (0.0, 3_600_000.0),
@@ -31,12 +31,7 @@ def slo_from_args(args: Mapping[str, str], default: Slo) -> Slo:
                 raise ApiError("percentile: must be a number between 1 and 100", field=name)
             values[name] = None
             continue
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ApiError(f"{name}: must be a number", field=name) from None
-        if not math.isfinite(value):
-            raise ApiError(f"{name}: must be a finite number", field=name)
+        value = number(name, raw)
         if not low <= value <= high:
             raise ApiError(f"{name}: must be between {low:g} and {high:g}", field=name)
         values[name] = value

@@ -1,15 +1,19 @@
 """``python -m backend.simulator --port N [--host H] [--seed S] [--api-key K] [--error-rate R]
-[--profile MODEL:FIELD=VALUE,...]``"""
+[--profile MODEL:FIELD=VALUE,...] [--answers PATH ...] [--no-platform-datasets]``
+
+The answering profiles' key holds the bundled datasets, every ``--answers`` path and, unless
+``--no-platform-datasets``, the platform's stored datasets (``evaluations.datasets_dir``)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from aiohttp import web
 
-from backend.simulator.profiles import ProfileOverrideError, apply_override, builtin_profiles
+from backend.simulator.profiles import Behavior, ProfileOverrideError, apply_override, builtin_profiles
 from backend.simulator.server import create_app
 
 # Hundreds of clients connect at once in benchmarks; the default backlog of 128 drops SYNs.
@@ -35,7 +39,32 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="MODEL:FIELD=VALUE,...",
         help="override profile values, e.g. sim-fast:max_batch=8,decode_base_ms=5 (repeatable)",
     )
+    parser.add_argument(
+        "--answers",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a dataset file or folder added to the answer key of every answering and judge profile "
+        "(repeatable; the bundled datasets are always in it)",
+    )
+    parser.add_argument(
+        "--no-platform-datasets",
+        action="store_true",
+        help="leave the platform's stored datasets (evaluations.datasets_dir) out of the answer key",
+    )
     return parser.parse_args(argv)
+
+
+def platform_datasets_dir() -> str | None:
+    """The platform's stored evaluation datasets (``evaluations.datasets_dir`` of its configuration), so
+    that the answering profiles know a dataset uploaded on /datasets; None when it cannot be read."""
+    from backend.config import ConfigError, load_config, resolve_path
+
+    try:
+        return str(resolve_path(load_config()["evaluations"]["datasets_dir"]))
+    except (ConfigError, KeyError, OSError, ValueError) as exc:
+        print(f"answer key without the platform's datasets: {exc}", file=sys.stderr)
+        return None
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
@@ -60,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     except ProfileOverrideError as exc:
         print(f"--profile: {exc}", file=sys.stderr)
         return 2
+    extra = list(args.answers)
+    if not args.no_platform_datasets and (stored := platform_datasets_dir()) is not None:
+        extra.append(stored)
+    for profile in profiles.values():
+        if profile.behavior in (Behavior.ANSWER, Behavior.JUDGE) and extra:
+            profile.answer_files = os.pathsep.join(filter(None, [profile.answer_files, *extra]))
 
     app = create_app(profiles, seed=args.seed, api_key=args.api_key)
     loop = _new_event_loop()

@@ -157,8 +157,11 @@ def parse_chat_request(body: object) -> ChatRequest:
     )
 
 
-def plan_completion(profile: Profile, seed: int, request: ChatRequest) -> PlannedCompletion:
+def plan_completion(profile: Profile, seed: int, request: ChatRequest, reply: str | None = None) -> PlannedCompletion:
     """Decide the answer; it depends only on (seed, model, prompt text) and the length limits.
+
+    ``reply``: the text an answering or judge profile says (``backend/simulator/answers.py``), cut at
+    ``max_tokens`` like any answer.
 
     Length: with ``ignore_eos`` or ``min_tokens`` the answer is exactly ``max_tokens`` long (or, without
     ``max_tokens``, the profile's longest answer, never shorter than ``min_tokens``); otherwise a seeded
@@ -167,8 +170,8 @@ def plan_completion(profile: Profile, seed: int, request: ChatRequest) -> Planne
     rng = random.Random(stable_seed(seed, request.model, request.prompt_text))
     cap = request.max_tokens
 
-    if profile.behavior is Behavior.ECHO:
-        tokens = _ECHO_TOKEN.findall(request.last_user_text)
+    if profile.behavior is Behavior.ECHO or reply is not None:
+        tokens = _ECHO_TOKEN.findall(request.last_user_text if reply is None else reply)
         if cap is not None and len(tokens) >= cap:
             return PlannedCompletion(tokens[:cap], 0, "length")
         return PlannedCompletion(tokens, 0, "stop")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Behavior(StrEnum):
@@ -15,6 +16,8 @@ class Behavior(StrEnum):
     ERROR = "error"
     MIDSTREAM_ERROR = "midstream_error"
     HANG = "hang"
+    ANSWER = "answer"  # answers dataset items right with probability ``accuracy`` (backend/simulator/answers.py)
+    JUDGE = "judge"  # answers evalscope's LLM-judge prompts: correct iff prediction equals reference
 
 
 @dataclass(slots=True)
@@ -24,6 +27,11 @@ class Profile:
     The engine runs one decode step at a time; a step lasts
     ``decode_base_ms + decode_ms_per_seq * batch_size`` plus ``prefill_ms_per_token`` times the input
     tokens of the requests admitted into the batch in that step, and gives every sequence one token.
+
+    ``behavior=answer`` and ``behavior=judge`` reply with text from an answer key (the bundled datasets
+    plus ``answer_files``, ``os.pathsep``-separated files or dataset folders); ``accuracy`` and ``seed``
+    decide which items an answering profile gets right (the formula is in backend/simulator/answers.py;
+    the server's ``--seed`` still drives timings and lengths).
     """
 
     name: str
@@ -38,6 +46,9 @@ class Profile:
     behavior: Behavior = Behavior.NORMAL
     error_rate: float = 0.0
     midstream_error_after: int = 3
+    accuracy: float = 1.0
+    seed: int = 0
+    answer_files: str = ""
 
     def step_seconds(self, batch_size: int, admitted_input_tokens: int) -> float:
         step_ms = (
@@ -46,6 +57,11 @@ class Profile:
             + self.prefill_ms_per_token * admitted_input_tokens
         )
         return step_ms / 1000.0
+
+
+# Answering profiles reply in a few milliseconds whatever the load: evaluations wait on them, not on timing.
+ANSWERING_TIMING: dict[str, Any] = {"max_batch": 100_000, "prefill_ms_per_token": 0.0, "decode_base_ms": 1.0,
+                                    "decode_ms_per_seq": 0.0}
 
 
 def builtin_profiles() -> dict[str, Profile]:
@@ -83,6 +99,9 @@ def builtin_profiles() -> dict[str, Profile]:
         Profile("sim-error", behavior=Behavior.ERROR),
         Profile("sim-midstream-error", behavior=Behavior.MIDSTREAM_ERROR),
         Profile("sim-hang", behavior=Behavior.HANG),
+        Profile("sim-answer-a", behavior=Behavior.ANSWER, accuracy=0.75, seed=3, **ANSWERING_TIMING),
+        Profile("sim-answer-b", behavior=Behavior.ANSWER, accuracy=0.6, seed=12, **ANSWERING_TIMING),
+        Profile("sim-judge", behavior=Behavior.JUDGE, **ANSWERING_TIMING),
     ]
     return {profile.name: profile for profile in profiles}
 
@@ -127,3 +146,5 @@ def apply_override(profiles: dict[str, Profile], spec: str) -> None:
         raise ProfileOverrideError(f"{name}: min_output_tokens is greater than max_output_tokens")
     if profile.max_batch < 1:
         raise ProfileOverrideError(f"{name}: max_batch must be at least 1")
+    if not 0.0 <= profile.accuracy <= 1.0:
+        raise ProfileOverrideError(f"{name}: accuracy must be between 0 and 1")

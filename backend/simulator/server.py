@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web, web_protocol
 
+from backend.simulator import answers
 from backend.simulator.chat import (
     PROMPT_PREVIEW_CHARS,
     ChatRequest,
@@ -40,9 +41,27 @@ class SimulatorState:
     profiles: dict[str, Profile]
     engines: dict[str, Engine] = field(default_factory=dict)
     tracker: Tracker = field(default_factory=Tracker)
+    answer_keys: dict[str, answers.AnswerKey] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.engines = {name: Engine(profile, self.seed) for name, profile in self.profiles.items()}
+        loaded: dict[str, answers.AnswerKey] = {}
+        for name, profile in self.profiles.items():
+            if profile.behavior in (Behavior.ANSWER, Behavior.JUDGE):
+                if profile.answer_files not in loaded:
+                    loaded[profile.answer_files] = answers.AnswerKey.load(answers.split_paths(profile.answer_files))
+                self.answer_keys[name] = loaded[profile.answer_files]
+
+
+def reply_for(state: SimulatorState, profile: Profile, chat: ChatRequest) -> str | None:
+    """What an answering or judge profile says to this request (None for every other profile)."""
+    key = state.answer_keys.get(chat.model)
+    if key is None:
+        return None
+    if profile.behavior is Behavior.JUDGE:
+        verdict = answers.judge(key, chat.last_user_text)
+        return verdict if verdict is not None else answers.UNKNOWN_ANSWER
+    return answers.answer(key, chat.last_user_text, profile.accuracy, profile.seed)
 
 
 STATE_KEY = web.AppKey("simulator_state", SimulatorState)
@@ -188,7 +207,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             state.tracker.finish(record, RequestStatus.ERROR)
             return error_response(500, "simulated upstream failure", "server_error", 500)
 
-        plan = plan_completion(profile, state.seed, chat)
+        plan = plan_completion(profile, state.seed, chat, reply_for(state, profile, chat))
         if chat.stream:
             return await _stream_completion(request, state, engine, chat, plan, record)
         return await _complete(state, engine, chat, plan, record)

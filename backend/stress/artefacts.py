@@ -1,5 +1,6 @@
 """A stress job's files on the worker's disk (evalscope's outputs and the job's log), listed and served by
-name, and removed when old.
+name, and removed when old. With ``storage.artifacts`` set, the worker copies them there when the job ends
+(``backend/jobs/storage.py``), and the files routes serve a job so copied from there instead.
 
 A file is served only by a name taken from the job's own list, never by a path from a request: the list
 walks the job's output directory without following links, and leaves out every symlink, so a link placed
@@ -78,7 +79,11 @@ def find_file(job_id: str, name: str, settings: dict[str, Any]) -> Artefact:
     for artefact in list_files(job_id, settings):
         if artefact.name == name:
             return artefact
-    raise NotFound(f"job {job_id} has no file {name!r}; GET /api/v1/stress-tests/{job_id}/files lists them")
+    raise NotFound(not_found_message(job_id, name))
+
+
+def not_found_message(job_id: str, name: str) -> str:
+    return f"job {job_id} has no file {name!r}; GET /api/v1/stress-tests/{job_id}/files lists them"
 
 
 # --- retention -------------------------------------------------------------------------------------

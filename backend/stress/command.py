@@ -9,7 +9,7 @@ must never make it read a server file.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +25,42 @@ class CommandError(RuntimeError):
     """The job cannot be turned into a command (missing plugin, missing file)."""
 
 
+SHARD_SEED_BASE = 1  # shard i of a sharded job runs evalscope with --seed=SHARD_SEED_BASE + i
+
+
 @dataclass(frozen=True)
 class JobPaths:
-    """Everything on disk for one job, derived from its id and the configured roots only."""
+    """Everything on disk for one job, derived from its id and the configured roots only.
+
+    A sharded job (``params["shards"] > 1``) runs one evalscope per shard, each with its own outputs
+    folder ``<job folder>/shard_<i>``: ``shard(i)`` is that shard's view (its run, level and progress
+    files), sharing the job's folder, log and prompt files. An unsharded job has no shard folders."""
 
     outputs_root: Path
     logs_root: Path
     job_id: str
+    shard_index: int | None = None
+
+    def shard(self, index: int) -> JobPaths:
+        return replace(self, shard_index=index)
+
+    @property
+    def job_dir(self) -> Path:  # the job's own folder (its --outputs-dir when unsharded)
+        return self.outputs_root / self.job_id
 
     @property
     def output_dir(self) -> Path:  # --outputs-dir
-        return self.outputs_root / self.job_id
+        if self.shard_index is None:
+            return self.job_dir
+        return self.job_dir / f"shard_{self.shard_index}"
+
+    @property
+    def shards_spec_path(self) -> Path:  # what backend.stress.shards runs
+        return self.job_dir / "shards.json"
+
+    @property
+    def barrier_dir(self) -> Path:  # the shards' ready.<level>.<shard> and go.<level> files
+        return self.job_dir / "barrier"
 
     @property
     def run_dir(self) -> Path:  # evalscope writes <outputs-dir>/<--name>/
@@ -47,11 +72,11 @@ class JobPaths:
 
     @property
     def prompt_path(self) -> Path:
-        return self.output_dir / "prompt.txt"
+        return self.job_dir / "prompt.txt"
 
     @property
     def system_path(self) -> Path:
-        return self.output_dir / "system.txt"
+        return self.job_dir / "system.txt"
 
     @property
     def progress_path(self) -> Path:
@@ -89,11 +114,32 @@ def warmup_args(warmup: int | str) -> list[str]:
     return [f"--warmup-num={int(warmup)}"] if int(warmup) > 0 else []
 
 
+def share(total: int, index: int, count: int) -> int:
+    """Shard ``index`` of ``count``'s part of ``total`` (concurrency or requests): the first ``total % count``
+    shards take one more, so the parts add up to ``total``."""
+    return total // count + (1 if index < total % count else 0)
+
+
+def shard_levels(params: dict[str, Any], index: int, count: int) -> tuple[list[int], list[int]]:
+    """The concurrency levels and request counts shard ``index`` of ``count`` runs."""
+    return ([share(int(level), index, count) for level in params["concurrency"]],
+            [share(int(number), index, count) for number in params["requests"]])
+
+
 def build_command(*, job_id: str, target: dict[str, Any], params: dict[str, Any], settings: dict[str, Any],
-                  tokenizer_dir: Path | None = None, dataset_file: Path | None = None) -> list[str]:
+                  tokenizer_dir: Path | None = None, dataset_file: Path | None = None,
+                  shard: tuple[int, int] | None = None) -> list[str]:
+    """The command of the job's evalscope, or with ``shard=(i, n)`` that of its shard i of n: its part of
+    every level, its own seed and outputs folder."""
     paths = job_paths(settings, job_id)
     levels = [int(level) for level in params["concurrency"]]
     counts = [int(count) for count in params["requests"]]
+    seed: list[str] = []
+    if shard is not None:
+        index, count = shard
+        levels, counts = shard_levels(params, index, count)
+        paths = paths.shard(index)
+        seed = [f"--seed={SHARD_SEED_BASE + index}"]
     args = [sys.executable, "-m", ENTRY_MODULE, "perf", f"--model={target['model_id']}"]
     if target["provider"] == "bedrock":
         args += _bedrock_args(target["model_id"], target.get("region"))
@@ -132,6 +178,6 @@ def build_command(*, job_id: str, target: dict[str, Any], params: dict[str, Any]
              "--no-test-connection",
              f"--sleep-interval={int(settings['level_pause_s'])}",
              f"--outputs-dir={paths.output_dir}", "--no-timestamp", f"--name={job_id}",
-             *warmup_args(params.get("warmup", 0)),
+             *warmup_args(params.get("warmup", 0)), *seed,
              "--enable-progress-tracker", "--db-commit-interval=1"]
     return args

@@ -82,6 +82,17 @@ the ``evalscope`` console script) after these things happen in this process:
    is wrapped to set ``warmup_num`` to the level's ``parallel`` before each level. Warm-up requests are
    evalscope's own: never written to ``benchmark_data.db`` and left out of every summary.
 
+9. **Shards start each level together, and every level records the client's CPU.** ``run_one_benchmark``
+   (which ``run_multi_benchmark`` calls through the module global, once per level with the level's folder as
+   ``output_path``) is wrapped once more. When ``PEP_SHARD_BARRIER`` and ``PEP_SHARD_INDEX`` are set (a
+   shard of a sharded job, started by ``backend.stress.shards``), level k writes ``ready.<k>.<shard>`` in
+   that folder, waits for ``go.<k>`` (at most 10 min, then the run stops with that reason) and sleeps until
+   the wall-clock start it names; it does so once evalscope has created the level's HTTP client (2.), its
+   last step before the level's first request (``LevelStart``). Always, sharded or not, the process's CPU
+   time (``getrusage(RUSAGE_SELF)``, user + system) and the wall time over the level (from its start, or
+   from the common start) are written to ``<level folder>/client_cpu.json`` as ``{"cpu_s", "wall_s"}``:
+   evalscope is one event loop, so a level whose CPU time nears its wall time had a saturated load generator.
+
 Where a run's token counts came from is written to evalscope's ``benchmark.log``: evalscope counts
 with a tokenizer only when a response carries no usage, and we wrap the tokenizer counting method of
 its OpenAI plugin to log ``TOKENIZER_MARKER`` the first time that happens. ``token_source`` reads it.
@@ -90,8 +101,11 @@ its OpenAI plugin to log ``TOKENIZER_MARKER`` the first time that happens. ``tok
 from __future__ import annotations
 
 # The imports that create most of the long-lived objects come first, so that the freeze below covers them.
+import contextlib
 import gc
+import json
 import os
+import resource
 import sys
 import threading
 import time
@@ -122,6 +136,8 @@ from backend.stress.evalscope_args import (  # noqa: F401 - part of this module'
     bedrock_args,
     token_source,
 )
+from backend.stress.outputs import CLIENT_CPU_FILE
+from backend.stress.shards import BARRIER_ENV, INDEX_ENV, FolderBarrier, wait_for_start
 
 PROXY_ENV = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -211,7 +227,7 @@ def install() -> None:
 
     OpenaiPlugin.build_request = _with_system(OpenaiPlugin.build_request, chat_only=True)  # type: ignore[method-assign]
     BedrockPlugin.build_request = _with_system(BedrockPlugin.build_request, chat_only=False)  # type: ignore[method-assign]
-    perf_main.run_one_benchmark = _with_warmup_per_slot(perf_main.run_one_benchmark)
+    perf_main.run_one_benchmark = _with_shard_start_and_cpu(_with_warmup_per_slot(perf_main.run_one_benchmark))
 
 
 def _wrap(cls: type, name: str, after: Callable[[Any], None]) -> None:
@@ -239,6 +255,8 @@ def _after_client_init(client: http_client.AioHttpClient) -> None:
         ENTRY_MARKER,
         f"{ENTRY_MARKER} (aiohttp trust_env={trust_env}, gc frozen objects={frozen})",
     )
+    if _level_start is not None:
+        _level_start.before_sending()
 
 
 async def _on_request_chunk_sent(_session: Any, _ctx: Any, _params: Any) -> None:
@@ -381,6 +399,70 @@ def _with_warmup_per_slot(original: Callable[..., Any]) -> Callable[..., Any]:
             parallel = args.parallel[0] if isinstance(args.parallel, list) else args.parallel
             args.warmup_num = int(parallel)
         return original(args, output_path=output_path)
+
+    run_one_benchmark.__wrapped__ = original  # type: ignore[attr-defined]
+    return run_one_benchmark
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class LevelStart:
+    """A shard's start of each level (see 9. in the module docstring) and the client CPU clock of the level.
+
+    The wait for the common start happens when evalscope has created the level's HTTP client (its last
+    step before sending; the garbage collector has just been frozen), not on entering the level: the
+    set-up before that (event loop, plugin, dataset) took a varying 5-40 ms per process on a busy host,
+    which would have been a late start of one shard."""
+
+    def __init__(self, environ: dict[str, str] | os._Environ[str] = os.environ) -> None:
+        folder, shard = environ.get(BARRIER_ENV), environ.get(INDEX_ENV)
+        self.barrier = FolderBarrier(Path(folder)) if folder and shard is not None else None
+        self.shard = int(shard or 0)
+        self.levels_entered = 0
+        self.pending: int | None = None  # the level whose common start is still to be waited for
+        self.cpu_s, self.wall_s = 0.0, 0.0
+
+    def enter(self) -> None:
+        if self.barrier is not None:
+            self.pending = self.levels_entered
+        self.levels_entered += 1
+        self.reset_clock()
+
+    def reset_clock(self) -> None:
+        self.cpu_s, self.wall_s = _cpu_s(), time.monotonic()
+
+    def before_sending(self) -> None:
+        if self.barrier is not None and self.pending is not None:
+            level, self.pending = self.pending, None
+            wait_for_start(self.barrier, level, self.shard)
+            self.reset_clock()  # the wait is no load on the client
+
+    def record(self, output_path: str) -> None:
+        record = {"cpu_s": round(_cpu_s() - self.cpu_s, 4), "wall_s": round(time.monotonic() - self.wall_s, 4)}
+        target = Path(output_path, CLIENT_CPU_FILE)
+        temporary = target.with_name(f".{CLIENT_CPU_FILE}.tmp")
+        with contextlib.suppress(OSError):  # written whole or not at all: the worker reads it at once
+            temporary.write_text(json.dumps(record), encoding="utf-8")
+            os.replace(temporary, target)
+
+
+_level_start: LevelStart | None = None
+
+
+def _with_shard_start_and_cpu(original: Callable[..., Any]) -> Callable[..., Any]:
+    def run_one_benchmark(args: Any, output_path: str | None = None) -> Any:
+        global _level_start
+        if _level_start is None:
+            _level_start = LevelStart()
+        _level_start.enter()
+        try:
+            return original(args, output_path=output_path)
+        finally:
+            if output_path:
+                _level_start.record(output_path)
 
     run_one_benchmark.__wrapped__ = original  # type: ignore[attr-defined]
     return run_one_benchmark

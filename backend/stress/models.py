@@ -1,114 +1,65 @@
 """Stress-test jobs as database rows: the job, its per-level results and its live metric samples.
 
-The row is the single source of truth. Every status change goes through ``transition``, a conditional
-UPDATE that only applies when the row is in a state the change is allowed from, so a web process
-cancelling and the worker finishing the same job cannot both win.
+The statuses, the shared job columns, the worker's row and the one status function are in
+``backend/jobs/models.py`` (every job kind shares them); this module re-exports them for its callers.
 """
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any
+from datetime import datetime
+from typing import Any, ClassVar
 
 from sqlalchemy import (
-    JSON,
     Boolean,
-    DateTime,
     Float,
     ForeignKey,
     Integer,
     LargeBinary,
     String,
-    Text,
     UniqueConstraint,
-    update,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql.elements import ColumnElement
 
 from backend.db import db
+from backend.db_types import Json, UtcDateTime
+from backend.jobs import models as jobs_models
+from backend.jobs.models import (
+    ACTIVE,
+    ALLOWED,
+    FINISHED,
+    JobColumns,
+    JobStatus,
+    JobWorker,
+    TransitionError,
+    new_job_id,
+    utcnow,
+)
+from backend.security.auth import created_by as actor_name
+
+__all__ = ["ACTIVE", "ALLOWED", "FINISHED", "JobStatus", "StressDataset", "StressJob", "StressLevel",
+           "StressSample", "StressWorker", "TransitionError", "new_job_id", "transition", "utcnow"]
+
+# The worker's heartbeat row (table ``stress_workers``), shared by every kind.
+StressWorker = JobWorker
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+class StressJob(JobColumns, db.Model):
+    """A stress test: the shared job columns (``backend/jobs/models.py``) and what only stress tests have."""
 
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    CANCELLING = "cancelling"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"
-
-    @property
-    def is_finished(self) -> bool:
-        return self in FINISHED
-
-
-FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED})
-ACTIVE = frozenset({JobStatus.RUNNING, JobStatus.CANCELLING})
-
-# Which status each status may move to; finished statuses move nowhere.
-ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
-    JobStatus.RUNNING: frozenset({JobStatus.CANCELLING, JobStatus.COMPLETED, JobStatus.FAILED,
-                                  JobStatus.INTERRUPTED}),
-    JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED, JobStatus.COMPLETED, JobStatus.FAILED,
-                                     JobStatus.INTERRUPTED}),
-}
-
-
-class TransitionError(ValueError):
-    """A status change that the state machine never allows (a programming error, not a race)."""
-
-
-class StressJob(db.Model):
     __tablename__ = "stress_jobs"
+    noun: ClassVar[str] = "stress job"
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, index=True)
-    model_key: Mapped[str] = mapped_column(String(200), index=True)  # catalogue key or "manual:<name>"
-    # Where the load goes: catalogue key, provider, model_id, name; for a manual endpoint its URL,
-    # model_name and api_key_given. Never the key itself.
-    target: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # validated, see params.py
-    api_key_encrypted: Mapped[str | None] = mapped_column(Text)  # Fernet token; wiped when finished
     estimated_requests: Mapped[int] = mapped_column(Integer, default=0)
-    pid: Mapped[int | None] = mapped_column(Integer)
-    pgid: Mapped[int | None] = mapped_column(Integer)
-    worker_id: Mapped[str | None] = mapped_column(String(64))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    error: Mapped[str | None] = mapped_column(Text)
-    exit_code: Mapped[int | None] = mapped_column(Integer)
     failed_requests: Mapped[int | None] = mapped_column(Integer)
     token_source: Mapped[str | None] = mapped_column(String(16))  # "server" (usage) | "tokenizer"
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # The capacity search this job is a probe of (backend/results/capacity_search.py); None otherwise.
     search_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    created_by: Mapped[str | None] = mapped_column(String(100), default=actor_name)  # who started it (backend/security)
 
     levels: Mapped[list[StressLevel]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="StressLevel.position",
         passive_deletes=True)
-
-    @property
-    def job_status(self) -> JobStatus:
-        return JobStatus(self.status)
-
-    @property
-    def is_finished(self) -> bool:
-        return self.job_status.is_finished
 
 
 class StressLevel(db.Model):
@@ -134,9 +85,9 @@ class StressLevel(db.Model):
     avg_input_tokens: Mapped[float | None] = mapped_column(Float)
     avg_output_tokens: Mapped[float | None] = mapped_column(Float)
     # {"latency_s": {avg, p50, p90, p99}, "ttft_ms": {...}, "tpot_ms": {...}, "itl_ms": {...}}
-    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    raw_summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # NaN stored as null
-    raw_percentiles: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    metrics: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    raw_summary: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)  # NaN stored as null
+    raw_percentiles: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list)
     complete: Mapped[bool] = mapped_column(Boolean, default=True)  # False: cut short (cancel/interrupt)
     # The level's per-request figures as one array (backend/results/ingest.py, pack_columns), written with
     # its stress_requests rows: reading 10,000 rows back costs ~10 ms, the array ~0.1 ms.
@@ -160,6 +111,8 @@ class StressLevel(db.Model):
             "avg_output_tokens": self.avg_output_tokens,
             **{name: (self.metrics or {}).get(name, dict(empty))
                for name in ("latency_s", "ttft_ms", "tpot_ms", "itl_ms")},
+            # the load generators' CPU over the level, and whether one was saturated (None: not recorded)
+            "client": (self.metrics or {}).get("client"),
         }
 
 
@@ -191,7 +144,7 @@ class StressDataset(db.Model):
     __tablename__ = "stress_datasets"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     format: Mapped[str] = mapped_column(String(16))  # line_by_line | openqa | custom
     filename: Mapped[str] = mapped_column(String(200))
     size_bytes: Mapped[int] = mapped_column(Integer)
@@ -202,39 +155,8 @@ class StressDataset(db.Model):
                 "filename": self.filename, "size_bytes": self.size_bytes, "records": self.records}
 
 
-class StressWorker(db.Model):
-    """A worker process's heartbeat, so the API can say when no worker is running."""
-
-    __tablename__ = "stress_workers"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    pid: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-
-
-def transition(job_id: str | ColumnElement[Any], to: JobStatus, *extra_where: ColumnElement[bool],
+def transition(job_id: str | ColumnElement[Any], to: JobStatus, *where: ColumnElement[bool],
                model: Any = None, **values: Any) -> bool:
-    """Move a job to ``to`` if its current status allows it; True when this call made the change.
-
-    The check and the write are one UPDATE, so concurrent callers (API and worker, or two workers
-    claiming) cannot both move the same job. Finishing sets ``finished_at`` and wipes the encrypted
-    key; starting sets ``started_at``. ``model`` is the job's table: a stress job by default, or
-    another kind with the same status columns (a capacity search). The caller commits.
-    """
-    model = model or StressJob
-    sources = [source.value for source, targets in ALLOWED.items() if to in targets]
-    if not sources:
-        raise TransitionError(f"no status may move to {to!r}")
-    changes: dict[str, Any] = {"status": to.value, **values}
-    now = utcnow()
-    if to is JobStatus.RUNNING:
-        changes.setdefault("started_at", now)
-    if to.is_finished:
-        changes.setdefault("finished_at", now)
-        changes["api_key_encrypted"] = None
-    statement = (update(model)
-                 .where(model.id == job_id, model.status.in_(sources), *extra_where)
-                 .values(**changes)
-                 .execution_options(synchronize_session=False))
-    return db.session.execute(statement).rowcount == 1
+    """``backend.jobs.models.transition`` with the table last: a stress job unless ``model`` names another
+    (the form this module's callers have always used)."""
+    return jobs_models.transition(model or StressJob, job_id, to, *where, **values)

@@ -8,6 +8,9 @@ Layout under ``--outputs-dir D --name N --no-timestamp`` (evalscope 1.x)::
         benchmark_data.db                 SQLite, table ``result``: one row per request (commit interval 1)
         benchmark_summary.json            written when the level ends
         benchmark_percentile.json         list of {"Percentiles": "50%", "TTFT (ms)": ...}; NaN when all failed
+        client_cpu.json                   ours: the load generator's CPU and wall time over the level
+
+A sharded job has this layout once per shard, under ``D/shard_<i>/`` (``JobPaths.shard``).
 
 Summary keys carry their unit (``Avg TTFT (ms)``, ``Avg Latency (s)``); older releases wrote seconds
 (``Average time to first token (s)``), so units are read from the key, never assumed. Averages are
@@ -18,12 +21,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+CLIENT_CPU_FILE = "client_cpu.json"  # per level: the load generator's {"cpu_s", "wall_s"} (evalscope_entry)
 _UNIT = re.compile(r"^(?P<name>.*?)\s*\((?P<unit>[^()]*)\)\s*$")
 
 
@@ -143,6 +148,8 @@ class RequestStats:
     window_ttft_ms: float | None
     window_latency_s: float | None
     window_output_tokens: int
+    window_ttft_n: int = 0  # how many rows the window means are over (to combine shards' windows)
+    window_latency_n: int = 0
 
 
 def read_requests(db_path: Path, since_rowid: int = 0) -> RequestStats | None:
@@ -169,7 +176,28 @@ def read_requests(db_path: Path, since_rowid: int = 0) -> RequestStats | None:
     return RequestStats(done=int(done), ok=int(ok), errors=int(done) - int(ok), last_rowid=int(last),
                         window_ttft_ms=sum(ttfts) / len(ttfts) if ttfts else None,
                         window_latency_s=sum(latencies) / len(latencies) if latencies else None,
-                        window_output_tokens=tokens)
+                        window_output_tokens=tokens, window_ttft_n=len(ttfts), window_latency_n=len(latencies))
+
+
+def combined_requests(parts: list[RequestStats]) -> RequestStats | None:
+    """Several shards' ``RequestStats`` of one level as one: counts and tokens summed, the window means
+    over the union of the shards' new rows (``last_rowid`` is meaningless here: 0)."""
+    if not parts:
+        return None
+
+    def union_mean(values: list[tuple[float | None, int]]) -> float | None:
+        weight = sum(n for mean, n in values if mean is not None)
+        return sum(mean * n for mean, n in values if mean is not None) / weight if weight else None
+
+    ttft_n = sum(part.window_ttft_n for part in parts)
+    latency_n = sum(part.window_latency_n for part in parts)
+    return RequestStats(done=sum(part.done for part in parts), ok=sum(part.ok for part in parts),
+                        errors=sum(part.errors for part in parts), last_rowid=0,
+                        window_ttft_ms=union_mean([(part.window_ttft_ms, part.window_ttft_n) for part in parts]),
+                        window_latency_s=union_mean([(part.window_latency_s, part.window_latency_n)
+                                                     for part in parts]),
+                        window_output_tokens=sum(part.window_output_tokens for part in parts),
+                        window_ttft_n=ttft_n, window_latency_n=latency_n)
 
 
 def log_errors(path: Path, limit: int = 3) -> list[str]:
@@ -188,12 +216,7 @@ def log_errors(path: Path, limit: int = 3) -> list[str]:
         if " - ERROR:" in line or ("ERROR" in line[:60] and "evalscope" in line[:60]):
             message = line.split("ERROR", 1)[1].lstrip(":\x1b[0m ").strip()
             if message.startswith("Traceback") or not message:
-                # The traceback's last line says what happened.
-                for follow in lines[index + 1:index + 200]:
-                    if follow and not follow.startswith((" ", "Traceback", "\t")) and ":" in follow:
-                        message = follow.strip()
-                        if "Error" in follow.split(":", 1)[0] or "Exception" in follow.split(":", 1)[0]:
-                            break
+                message = _raised(lines, index + 1) or message
             if message and message not in found:
                 found.append(message[:500])
             if len(found) >= limit:
@@ -203,10 +226,44 @@ def log_errors(path: Path, limit: int = 3) -> list[str]:
     return found
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\w*(:|$)")  # "TimeoutError" too
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _raised(lines: list[str], start: int) -> str | None:
+    """The exception a traceback starting at ``lines[start]`` ends with: its last exception line (after
+    chained ones), a message continued on indented lines included; a bare name (``TimeoutError``) counts."""
+    raised = None
+    index = start
+    while index < min(len(lines), start + 400):
+        line = _ANSI.sub("", lines[index])
+        if not line.strip() or line.startswith((" ", "\t", "Traceback", "The above exception", "During handling")):
+            index += 1
+        elif _EXCEPTION_LINE.match(line):
+            continued = _continuation(lines, index + 1)
+            raised = " ".join([line.strip(), *continued])
+            index += 1 + len(continued)
+        else:  # the traceback is over
+            break
+    return raised
+
+
+def _continuation(lines: list[str], start: int) -> list[str]:
+    """The indented lines that continue an exception's message, e.g. aiohttp's
+    ``TransferEncodingError: 400, message:`` followed by ``  Not enough data to satisfy transfer length header.``"""
+    found = []
+    for line in lines[start:start + 10]:
+        if not line.startswith((" ", "\t")) or not line.strip():
+            break
+        found.append(line.strip())
+    return found
+
+
 def tail(path: Path, lines: int) -> list[str]:
-    """The last ``lines`` lines of a log, reading at most a few MB from its end."""
+    """The last ``lines`` lines of a log, reading at most a few MB from its end; a log that is a symlink
+    is not followed (O_NOFOLLOW), so a link planted in its place cannot serve a file from elsewhere."""
     try:
-        with path.open("rb") as handle:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
             handle.seek(0, 2)
             size = handle.tell()
             handle.seek(max(0, size - 4_000_000))

@@ -53,6 +53,8 @@ from backend.catalog.service import get_catalog
 from backend.db import db
 from backend.errors import ApiError, NotFound
 from backend.inference import service as inference_service
+from backend.jobs import service as job_service
+from backend.results import capacity_search
 from backend.sse import PING, SSE_HEADERS, sse_event
 from backend.stress import datasets, service
 from backend.stress.models import FINISHED, JobStatus, StressJob, StressLevel
@@ -92,9 +94,10 @@ FORM_SLOTS = {
     "manual_config.api_key": "manual_key", "warmup_count": "warmup",
 }
 FORM_FIELDS = {
-    "target", "manual_url", "manual_model", "manual_key", "label", "concurrency", "requests", "warmup",
+    "target", "manual_url", "manual_model", "manual_key", "label", "labels", "concurrency", "requests", "warmup",
     "input_tokens", "output_tokens", "dataset", "prompt", "system", "dataset_file", "tokenizer", "image_width",
     "image_height", "image_count", "temperature", "connect_timeout_s", "read_timeout_s", "total_timeout_s",
+    "shards",
 }
 MANUAL = "__manual__"
 
@@ -148,7 +151,8 @@ def jobs():  # type: ignore[no-untyped-def]
     page = service.list_jobs(_settings(), status=wanted or None, model=model or None, limit=LIST_PAGE_SIZE, offset=0)
     jobs = [decorate(job) for job in page["jobs"]]
     response = render("stress/list.html", "stress/_list.html", jobs=jobs, total=page["total"],
-                      worker=page["worker"], status=status, model=model, problems=problems,
+                      worker=page["worker"], workers=job_service.current_workers(), status=status, model=model,
+                      problems=problems,
                       statuses=["active", *(s.value for s in JobStatus)], model_options=_model_options(),
                       live_ids=[job["id"] for job in jobs if not job["is_finished"]])
     if problems:
@@ -213,15 +217,27 @@ def live_cells(app: Flask, ids: list[str], *, poll_s: float, heartbeat_s: float)
 # The form's labels, so that every message names a field as the operator sees it ("Temperature: ...").
 FORM_LABELS = {
     "target": "Model", "manual_url": "Base URL or chat completions URL", "manual_model": "Model name",
-    "manual_key": "API key", "label": "Label", "concurrency": "Concurrency levels",
+    "manual_key": "API key", "label": "Label", "labels": "Worker labels", "concurrency": "Concurrency levels",
     "requests": "Requests per level", "warmup": "Warm-up requests", "input_tokens": "Input tokens",
-    "output_tokens": "Output tokens", "temperature": "Temperature", "dataset": "Dataset", "prompt": "Prompt",
+    "output_tokens": "Output tokens", "shards": "Load generators", "temperature": "Temperature",
+    "dataset": "Dataset", "prompt": "Prompt",
     "system": "System prompt", "dataset_file": "Uploaded file", "tokenizer": "Tokenizer",
     "image_width": "Image width", "image_height": "Image height", "image_count": "Images per request",
     "connect_timeout_s": "Connect timeout", "read_timeout_s": "Read timeout",
     "total_timeout_s": "Timeout per request", "stream": "Stream the answers",
     "exact_output_tokens": "Force exactly the output tokens",
+    # "Find the capacity within an SLO" (mode=capacity): a capacity search instead of a sweep
+    "start": "Start at", "max_concurrency": "Highest concurrency", "precision": "Precision",
+    "repeats": "Repeats per probe", "probe_requests": "Requests per probe", "requests_per_slot": "Requests per slot",
+    "slo": "SLO", "slo_percentile": "Percentile", "slo_ttft_ms": "TTFT limit", "slo_tpot_ms": "TPOT limit",
+    "slo_latency_s": "Latency limit", "slo_error_pct": "Error rate limit",
 }
+# The capacity search's fields (their API names: SLO limits under "slo", the requests per probe "requests").
+CAPACITY_FIELDS = ("start", "max_concurrency", "precision", "repeats", "probe_requests", "requests_per_slot",
+                   "slo", "slo_percentile", "slo_ttft_ms", "slo_tpot_ms", "slo_latency_s", "slo_error_pct")
+CAPACITY_SLOTS = {"requests": "probe_requests", "slo.percentile": "slo_percentile", "slo.ttft_ms": "slo_ttft_ms",
+                  "slo.tpot_ms": "slo_tpot_ms", "slo.latency_s": "slo_latency_s", "slo.error_rate": "slo_error_pct"}
+FORM_FIELDS |= set(CAPACITY_FIELDS)
 WARMUP_MODES = ("concurrency", "none", "fixed")
 _DATASET_NAMES = {key: name for key, name, _ in DATASETS}
 _QUOTED_DATASET = re.compile(r"\bdataset '(\w+)'")
@@ -278,7 +294,9 @@ def form_body(form: Mapping[str, str]) -> dict[str, Any]:
         problems.append(("target", "choose a model or a manual endpoint"))
     if form.get("label", "").strip():
         body["label"] = form["label"].strip()
-    for name in ("concurrency", "requests"):
+    if form.get("labels", "").strip():
+        body["labels"] = [part.strip() for part in form["labels"].split(",") if part.strip()]
+    for name in ("concurrency", "requests") if form.get("mode") != "capacity" else ():
         try:
             numbers = _numbers(form.get(name, ""))
         except ValueError as exc:
@@ -307,7 +325,7 @@ def form_body(form: Mapping[str, str]) -> dict[str, Any]:
         body["dataset_file"] = form.get("dataset_file") or None
     if dataset in TOKENIZER_DATASETS and form.get("tokenizer"):
         body["tokenizer"] = form["tokenizer"]
-    names = ["output_tokens", "temperature", "connect_timeout_s", "read_timeout_s", "total_timeout_s"]
+    names = ["output_tokens", "temperature", "connect_timeout_s", "read_timeout_s", "total_timeout_s", "shards"]
     if dataset in TOKENIZER_DATASETS:
         names.insert(0, "input_tokens")
     if dataset == "random_vl":
@@ -326,6 +344,53 @@ def form_body(form: Mapping[str, str]) -> dict[str, Any]:
     return body
 
 
+def search_body(form: Mapping[str, str]) -> dict[str, Any]:
+    """A capacity search's body from the form (mode=capacity): the workload as ``form_body`` reads it, then
+    the search's own fields; an empty SLO limit is no limit, the error rate is given in %."""
+    problems: list[tuple[str, str]] = []
+    try:
+        body = form_body(form)
+    except FormProblems as exc:
+        body = {}
+        problems += [(item["field"], item["message"]) for item in exc.details["errors"]]
+    start = form.get("start", "1").strip()
+    if start == "auto":
+        body["start"] = "auto"
+    else:
+        try:
+            body["start"] = _form_number(start, int)
+        except ValueError as exc:
+            problems.append(("start", str(exc)))
+    precision = form.get("precision", "1").strip()
+    body["precision"] = int(precision) if precision.isdigit() else precision
+    for name, key in (("max_concurrency", "max_concurrency"), ("repeats", "repeats"),
+                      ("probe_requests", "requests"), ("requests_per_slot", "requests_per_slot")):
+        try:
+            body[key] = _form_number(form.get(name, "").strip(), int)
+        except ValueError as exc:
+            problems.append((name, str(exc)))
+    slo: dict[str, Any] = {}
+    for name in ("slo_percentile", "slo_ttft_ms", "slo_tpot_ms", "slo_latency_s", "slo_error_pct"):
+        raw = form.get(name, "").strip()
+        if not raw and name != "slo_percentile":
+            continue  # no limit
+        try:
+            value = _form_number(raw, float)
+        except ValueError as exc:
+            problems.append((name, str(exc)))
+            continue
+        if name == "slo_error_pct":
+            if not 0 <= value <= 100:
+                problems.append((name, "must be between 0 and 100 %"))
+            slo["error_rate"] = value / 100.0
+        else:
+            slo[name.removeprefix("slo_")] = value
+    body["slo"] = slo
+    if problems:
+        raise FormProblems(problems)
+    return body
+
+
 def _plain(message: str) -> str:
     """A message with the API's names of datasets replaced by the form's."""
     message = _QUOTED_DATASET.sub(lambda m: f"the “{_DATASET_NAMES.get(m[1], m[1])}” dataset", message)
@@ -334,15 +399,16 @@ def _plain(message: str) -> str:
     return message.replace("needs base_url or api_url", "enter one")
 
 
-def form_errors(exc: ApiError) -> dict[str, list[str]]:
+def form_errors(exc: ApiError, *, capacity: bool = False) -> dict[str, list[str]]:
     """Messages per form field, each a sentence that starts with the field's label; what names no field
-    of the form goes under ``""`` (shown at the top)."""
+    of the form goes under ``""`` (shown at the top). ``capacity``: the fields of a capacity search."""
     reported = exc.details.get("errors") or [{"field": exc.details.get("field", ""), "message": exc.message}]
     errors: dict[str, list[str]] = {}
+    slots = {**FORM_SLOTS, **CAPACITY_SLOTS} if capacity else FORM_SLOTS
     for item in reported:
         field = item.get("field") or ""
         base = field.split("[")[0]
-        slot = FORM_SLOTS.get(field) or FORM_SLOTS.get(base) or base
+        slot = slots.get(field) or slots.get(base) or base
         message = _plain(item["message"].removeprefix(f"{field}: "))
         label = FORM_LABELS.get(slot)
         if label:
@@ -356,15 +422,29 @@ def form_errors(exc: ApiError) -> dict[str, list[str]]:
 def _default_values() -> dict[str, Any]:
     defaults = next(p for p in PRESETS if p["key"] == "quick")["params"]
     return {
-        "target": "", "manual_url": "", "manual_model": "", "label": "",
+        "target": "", "manual_url": "", "manual_model": "", "label": "", "labels": "",
         "concurrency": ", ".join(map(str, defaults["concurrency"])),
         "requests": ", ".join(map(str, defaults["requests"])), "warmup": "concurrency", "warmup_count": "",
         "input_tokens": defaults["input_tokens"], "output_tokens": defaults["output_tokens"],
         "dataset": "prompt", "prompt": DEFAULT_PROMPT, "system": "", "dataset_file": "", "tokenizer": "",
         "image_width": 224, "image_height": 224, "image_count": 1, "stream": True, "exact_output_tokens": False,
         "temperature": defaults["temperature"], "connect_timeout_s": 10, "read_timeout_s": 120,
-        "total_timeout_s": 600, "preset": "quick",
+        "total_timeout_s": 600, "shards": 1, "preset": "quick", **_capacity_defaults(),
     }
+
+
+def _capacity_defaults() -> dict[str, Any]:
+    """The capacity fields as the form first shows them: the configured default SLO (results.slo)."""
+    slo = current_app.config["PEP"]["results"]["slo"]
+
+    def blank(value: float | None) -> str:
+        return "" if value is None else f"{value:g}"
+
+    return {"mode": "sweep", "start": "1", "max_concurrency": min(64, int(_settings()["max_parallel"])),
+            "precision": "1", "repeats": 2, "probe_requests": 10, "requests_per_slot": 2,
+            "slo_percentile": blank(slo.get("percentile")), "slo_ttft_ms": blank(slo.get("ttft_ms")),
+            "slo_tpot_ms": blank(slo.get("tpot_ms")), "slo_latency_s": blank(slo.get("latency_s")),
+            "slo_error_pct": blank(None if slo.get("error_rate") is None else slo["error_rate"] * 100)}
 
 
 def form_values(source: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -395,8 +475,9 @@ def _form_context(values: dict[str, Any], errors: dict[str, list[str]], notes: I
         "tokenizers": list(available_tokenizers(settings)), "manual": MANUAL,
         "timings": service.latest_timings([model["key"] for model in models] + _manual_keys()),
         "overhead": service.startup_overhead(float(settings["level_pause_s"])),
-        "limits": {key: int(settings[key]) for key in ("max_parallel", "max_levels", "max_requests", "max_tokens",
-                                                       "level_pause_s", "max_dataset_bytes")},
+        "limits": {**{key: int(settings[key]) for key in ("max_parallel", "max_levels", "max_requests", "max_tokens",
+                                                          "level_pause_s", "max_dataset_bytes")},
+                   "max_shards": int(settings.get("max_shards", 8))},
         "worker_alive": service.worker_alive(settings),
     }
 
@@ -492,7 +573,7 @@ def _from_job(job_id: str) -> tuple[dict[str, Any], list[str], dict[str, str]]:
     counts = list(params.get("requests") or [])
     warmup = params.get("warmup", 0)
     values.update(
-        label=target.get("label") or "", preset="",
+        label=target.get("label") or "", labels=", ".join(row.labels or []), preset="",
         concurrency=", ".join(map(str, params.get("concurrency") or [])),
         requests=str(counts[0]) if counts and len(set(counts)) == 1 else ", ".join(map(str, counts)),
         warmup="concurrency" if warmup == "concurrency" else ("fixed" if warmup else "none"),
@@ -503,7 +584,7 @@ def _from_job(job_id: str) -> tuple[dict[str, Any], list[str], dict[str, str]]:
         stream=bool(params.get("stream", True)), exact_output_tokens=bool(params.get("exact_output_tokens")),
     )
     for name in ("input_tokens", "output_tokens", "temperature", "connect_timeout_s", "read_timeout_s",
-                 "total_timeout_s", "image_width", "image_height", "image_count"):
+                 "total_timeout_s", "image_width", "image_height", "image_count", "shards"):
         if params.get(name) is not None:
             values[name] = params[name]
     if params.get("dataset_file") and datasets.get_dataset(params["dataset_file"]) is None:
@@ -521,11 +602,15 @@ def new():  # type: ignore[no-untyped-def]
         values, notes, prefilled = _from_job(request.args["from_job"])
     else:
         values, notes, prefilled = _from_link(request.args)
+    if request.args.get("mode") == "capacity":  # "New capacity search" on the searches' list
+        values["mode"] = "capacity"
     return render_template("stress/new.html", **_form_context(values, {}, notes, prefilled))
 
 
 @bp.post("/stress-tests/new")
 def create():  # type: ignore[no-untyped-def]
+    if request.form.get("mode") == "capacity":
+        return _create_search()
     try:
         body = parse_body(form_body(request.form), StressParams)
         job = service.create_job(body, get_catalog(), current_app.config["PEP"])
@@ -535,7 +620,22 @@ def create():  # type: ignore[no-untyped-def]
             # The field errors land next to their fields out of band; the form keeps what was typed.
             return render_template("stress/_form_errors.html", errors=errors, slots=sorted(FORM_FIELDS)), 400
         return render_template("stress/new.html", **_form_context(form_values(request.form), errors)), 400
-    target = url_for(".job", job_id=job.id)
+    return _created(url_for(".job", job_id=job.id))
+
+
+def _create_search():  # type: ignore[no-untyped-def]
+    """The form in "find the capacity" mode: a capacity search, then its live page."""
+    try:
+        search = capacity_search.create_search(search_body(request.form), get_catalog(), current_app.config["PEP"])
+    except ApiError as exc:
+        errors = form_errors(exc, capacity=True)
+        if is_htmx_fragment_request():
+            return render_template("stress/_form_errors.html", errors=errors, slots=sorted(FORM_FIELDS)), 400
+        return render_template("stress/new.html", **_form_context(form_values(request.form), errors)), 400
+    return _created(url_for("capacity_pages.page", search_id=search.id))
+
+
+def _created(target: str):  # type: ignore[no-untyped-def]
     if is_htmx_fragment_request():
         response = make_response("", 200)
         response.headers["HX-Redirect"] = target

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from backend.catalog.manual import ManualEndpoint
 from backend.config import resolve_path
 from backend.errors import ApiError
+from backend.jobs.placement import check_labels
 from backend.validation import STRICT
 
 Dataset = Literal["prompt", "random", "random_vl", "line_by_line", "openqa", "custom"]
@@ -52,6 +53,17 @@ class StressParams(BaseModel):
     # Warm-up requests at the start of every level, excluded from every result (evalscope's --warmup-num):
     # a whole number, or "concurrency" for as many as the level's concurrency, which evalscope advises.
     warmup: int | Literal["concurrency"] = 0
+    # Only a worker with every one of these labels takes the job (worker.labels; backend/jobs/placement.py),
+    # for example the network the endpoint is reachable from.
+    labels: list[str] = Field(default_factory=list, max_length=16)
+    # Load generators (evalscope processes) each level is split over: concurrency and requests divided,
+    # one seed each, a common start (backend/stress/shards.py); at most stress.max_shards.
+    shards: int = Field(default=1, ge=1, le=16)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        return check_labels(value, "labels")
 
     @field_validator("requests", mode="before")
     @classmethod
@@ -152,6 +164,8 @@ def check_limits(params: StressParams, settings: dict[str, Any]) -> dict[str, An
         if getattr(params, name) > max_tokens:
             raise ApiError(f"{name}: at most {max_tokens}", field=name)
 
+    _check_shards(params.shards, params.concurrency, counts, int(settings.get("max_shards", 8)))
+
     if isinstance(params.warmup, int) and params.warmup > max_requests:
         raise ApiError(f"warmup: at most {max_requests} (stress.max_requests)", field="warmup")
 
@@ -189,14 +203,29 @@ def check_limits(params: StressParams, settings: dict[str, Any]) -> dict[str, An
         raise ApiError(f"tokenizer: {tokenizer!r} has no chat template, which random prompts for a chat "
                        "endpoint need (use the model's own tokenizer files)", field="tokenizer")
 
-    stored = params.model_dump(exclude={"manual_config", "model", "label"})
+    stored = params.model_dump(exclude={"manual_config", "model", "label", "labels"})
     stored.update(requests=counts, tokenizer=tokenizer)
+    if params.shards == 1:  # an unsharded job's parameters stay as they were before shards existed
+        stored.pop("shards")
     if params.system is None or not params.system.strip():
         stored.pop("system")
     if params.dataset != "random_vl":
         for name in ("image_width", "image_height", "image_count"):
             stored.pop(name)
     return stored
+
+
+def _check_shards(shards: int, levels: list[int], counts: list[int], max_shards: int) -> None:
+    """Every shard of every level needs at least one concurrency slot and one request."""
+    if shards > max_shards:
+        raise ApiError(f"shards: at most {max_shards} (stress.max_shards)", field="shards")
+    for index, (level, count) in enumerate(zip(levels, counts, strict=True)):
+        if shards > level:
+            raise ApiError(f"shards: {shards} shards cannot split concurrency[{index}] = {level} "
+                           "(at most one shard per concurrency slot)", field="shards")
+        if shards > count:
+            raise ApiError(f"shards: {shards} shards cannot split requests[{index}] = {count} "
+                           "(each shard needs at least one request)", field="shards")
 
 
 PRESETS: list[dict[str, Any]] = [

@@ -5,20 +5,25 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import time
 from collections.abc import Iterator
 from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy import func, select
 
 from backend.catalog.service import Catalog
 from backend.db import db
-from backend.errors import ApiError, NotFound
+from backend.errors import ApiError
+from backend.jobs import events as job_events
+from backend.jobs import logs as job_logs
+from backend.jobs import service as job_service
+from backend.jobs import storage as job_storage
+from backend.jobs import wakeup
 from backend.providers.base import ProviderError
-from backend.sse import PING, sse_event
+from backend.security.targets import check_target
+from backend.sse import sse_event
 from backend.stress import secrets
 from backend.stress.command import job_paths
 from backend.stress.datasets import get_dataset
@@ -28,8 +33,6 @@ from backend.stress.models import (
     StressJob,
     StressLevel,
     StressSample,
-    StressWorker,
-    transition,
     utcnow,
 )
 from backend.stress.outputs import tail
@@ -51,6 +54,11 @@ def resolve_target(body: StressParams, catalog: Catalog, params: dict[str, Any])
         if params.get("system") and not url.rstrip("/").endswith("/chat/completions"):
             raise ApiError("system: a system prompt needs a chat completions endpoint (…/chat/completions)",
                            field="system")
+        check_target(url, "manual_config.api_url" if manual.api_url else "manual_config.base_url",
+                     current_app.config["PEP"])
+        if manual.model_name == "--":  # argparse drops a lone "--" even from --model=--: evalscope would get none
+            raise ApiError("manual_config.model_name: '--' cannot be passed to evalscope as a model name",
+                           field="manual_config.model_name")
         return {"kind": "manual", "key": f"manual:{manual.model_name}", "provider": "openai",
                 "model_id": manual.model_name, "name": body.label or manual.model_name, "label": body.label,
                 "api_url": manual.api_url, "base_url": manual.base_url, "chat_url": url,
@@ -76,6 +84,7 @@ def resolve_target(body: StressParams, catalog: Catalog, params: dict[str, Any])
         data["region"] = target.region
     else:
         data["chat_url"] = target.chat_url
+        check_target(target.chat_url, "model", current_app.config["PEP"], trusted=True)  # operator's config
         data["instance_type"], data["instances"] = catalog.instance(spec)  # for the cost of its results
     return data
 
@@ -91,7 +100,7 @@ def create_job(body: StressParams, catalog: Catalog, config: dict[str, Any]) -> 
             raise ApiError(f"dataset_file: that file was uploaded as {dataset.format!r}, not {params['dataset']!r}",
                            field="dataset_file")
     target = resolve_target(body, catalog, params)
-    job = StressJob(model_key=target["key"], target=target, params=params,
+    job = StressJob(model_key=target["key"], target=target, params=params, labels=body.labels,
                     estimated_requests=sum(params["requests"]),
                     token_source="tokenizer" if params.get("tokenizer") else "server",
                     progress={"percent": 0.0, "level": 0, "levels": len(params["concurrency"]), "concurrency": None,
@@ -100,6 +109,8 @@ def create_job(body: StressParams, catalog: Catalog, config: dict[str, Any]) -> 
         job.api_key_encrypted = secrets.encrypt(config["server"]["secret_key"],
                                                 body.manual_config.api_key.get_secret_value())
     db.session.add(job)
+    db.session.flush()
+    wakeup.notify("queued", "stress", job.id)
     db.session.commit()
     log.info("stress job %s queued: %s, %d requests", job.id, job.model_key, job.estimated_requests)
     return job
@@ -109,9 +120,7 @@ def create_job(body: StressParams, catalog: Catalog, config: dict[str, Any]) -> 
 
 
 def worker_alive(settings: dict[str, Any]) -> bool:
-    cutoff = utcnow() - timedelta(seconds=float(settings["worker_stale_s"]))
-    return db.session.scalar(select(func.count()).select_from(StressWorker)
-                             .where(StressWorker.heartbeat_at >= cutoff)) > 0
+    return job_service.worker_alive(float(settings["worker_stale_s"]))
 
 
 def _iso(value: Any) -> str | None:
@@ -137,6 +146,8 @@ def job_dict(job: StressJob, settings: dict[str, Any], *, alive: bool | None = N
         worker_ok: bool | None = _fresh(job.heartbeat_at, settings)
     elif status is JobStatus.QUEUED:
         worker_ok = worker_alive(settings) if alive is None else alive
+        if worker_ok and job.labels:  # a worker runs, but can it take this job?
+            worker_ok = job_service.worker_alive(float(settings["worker_stale_s"]), job.labels)
     else:
         worker_ok = None
     data = {
@@ -148,6 +159,7 @@ def job_dict(job: StressJob, settings: dict[str, Any], *, alive: bool | None = N
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
         "model": job.model_key,
+        "created_by": job.created_by,  # who started it (backend/security)
         "target": dict(job.target),
         "params": dict(job.params),
         "estimated_requests": job.estimated_requests,
@@ -157,6 +169,9 @@ def job_dict(job: StressJob, settings: dict[str, Any], *, alive: bool | None = N
         "cancel_requested": job.cancel_requested,
         "exit_code": job.exit_code,
         "worker_alive": worker_ok,
+        "worker_id": job.worker_id,  # which worker, on which host, runs or ran it
+        "worker_host": job.worker_host,
+        "labels": list(job.labels or []),  # what a worker needs to take it
     }
     if preview is not None:
         cut_texts(data["params"], ("prompt",), preview)
@@ -166,21 +181,14 @@ def job_dict(job: StressJob, settings: dict[str, Any], *, alive: bool | None = N
 
 
 def get_job(job_id: str) -> StressJob:
-    job = db.session.get(StressJob, job_id)
-    if job is None:
-        raise NotFound(f"no stress job {job_id!r}")
-    return job
+    return job_service.get_job(StressJob, job_id)
 
 
 def list_jobs(settings: dict[str, Any], *, status: str | None, model: str | None, limit: int,
               offset: int) -> dict[str, Any]:
     query = select(StressJob)
-    if status:
-        statuses = status.split(",")
-        unknown = [s for s in statuses if s not in {m.value for m in JobStatus}]
-        if unknown:
-            raise ApiError(f"status: unknown status {unknown[0]!r}", field="status")
-        query = query.where(StressJob.status.in_(statuses))
+    if (wanted := job_service.statuses(status)) is not None:
+        query = query.where(StressJob.status.in_(wanted))
     if model:
         query = query.where(StressJob.model_key == model)
     total = db.session.scalar(select(func.count()).select_from(query.subquery()))
@@ -195,17 +203,7 @@ def list_jobs(settings: dict[str, Any], *, status: str | None, model: str | None
 
 
 def cancel_job(job_id: str) -> StressJob:
-    job = get_job(job_id)
-    changed = transition(job.id, JobStatus.CANCELLED, StressJob.status == JobStatus.QUEUED.value,
-                         cancel_requested=True, error="cancelled before it started")
-    if changed or transition(job.id, JobStatus.CANCELLING, cancel_requested=True):
-        db.session.commit()
-    else:
-        db.session.rollback()
-    db.session.refresh(job)
-    if job.is_finished and not job.cancel_requested:
-        raise ApiError(f"job {job_id} already {job.status}", status=409, code="conflict")
-    return job
+    return job_service.cancel_job(StressJob, job_id)
 
 
 def _inside(root: Path, path: Path) -> Path | None:
@@ -228,13 +226,17 @@ def delete_job(job_id: str, settings: dict[str, Any]) -> None:
         log_path.unlink(missing_ok=True)
     db.session.execute(db.delete(StressSample).where(StressSample.job_id == job.id))
     db.session.execute(db.delete(StressLevel).where(StressLevel.job_id == job.id))
+    job_logs.forget("stress", job.id)
+    job_storage.forget("stress", job.id, current_app.config["PEP"])
     db.session.delete(job)
     db.session.commit()
 
 
 def log_tail(job_id: str, settings: dict[str, Any], lines: int) -> list[str]:
+    """From the database (the worker copies the log there, jobs/logs.py); the file for a job it has not."""
     job = get_job(job_id)
-    return tail(job_paths(settings, job.id).log_path, lines)
+    kept = job_logs.tail_lines("stress", job.id, lines)
+    return kept if kept is not None else tail(job_paths(settings, job.id).log_path, lines)
 
 
 # --- following -----------------------------------------------------------------------------------
@@ -248,55 +250,32 @@ def _progress_payload(job: StressJob) -> dict[str, Any]:
             "phase": progress.get("phase"), "warmup": progress.get("warmup"), "status": job.status}
 
 
+def _updates(job: StressJob, cursor: dict[str, Any]) -> list[bytes]:
+    """A stress job's own events for one poll: new samples, progress when it changed, new levels."""
+    events: list[bytes] = []
+    samples = db.session.scalars(
+        select(StressSample).where(StressSample.job_id == job.id, StressSample.id > cursor.get("sample", 0))
+        .order_by(StressSample.id).limit(500)).all()
+    for sample in samples:
+        events.append(sse_event("sample", sample.as_dict()))
+        cursor["sample"] = sample.id
+    progress = _progress_payload(job)
+    if progress != cursor.get("progress"):
+        events.append(sse_event("progress", progress))
+        cursor["progress"] = progress
+    levels = job.levels
+    sent = cursor.get("levels", 0)
+    for level in levels[sent:]:
+        events.append(sse_event("level", level.as_dict()))
+    cursor["levels"] = max(sent, len(levels))
+    return events
+
+
 def follow(app: Flask, job_id: str, *, poll_s: float, heartbeat_s: float) -> Iterator[bytes]:
-    """SSE for one job: progress, sample, level, status, and a final end. One short session per poll."""
-    yield PING
-    last_progress: dict[str, Any] | None = None
-    last_status: str | None = None
-    last_sample = 0
-    levels_sent = 0
-    last_write = time.monotonic()
+    """SSE for one job: progress, sample, level, status, and a final end (``backend/jobs/events.py``)."""
     settings = app.config["PEP"]["stress"]
-    try:
-        while True:
-            with app.app_context():
-                job = db.session.get(StressJob, job_id)
-                if job is None:
-                    yield sse_event("end", {"id": job_id, "status": "deleted"})
-                    return
-                events: list[bytes] = []
-                status = job.status
-                progress = _progress_payload(job)
-                samples = db.session.scalars(
-                    select(StressSample).where(StressSample.job_id == job_id, StressSample.id > last_sample)
-                    .order_by(StressSample.id).limit(500)).all()
-                for sample in samples:
-                    events.append(sse_event("sample", sample.as_dict()))
-                    last_sample = sample.id
-                if progress != last_progress:
-                    events.append(sse_event("progress", progress))
-                    last_progress = progress
-                levels = job.levels
-                for level in levels[levels_sent:]:
-                    events.append(sse_event("level", level.as_dict()))
-                levels_sent = max(levels_sent, len(levels))
-                if status != last_status:
-                    events.append(sse_event("status", {"status": status, "error": job.error}))
-                    last_status = status
-                final = job_dict(job, settings) if job.is_finished else None
-                db.session.remove()
-            if events:
-                yield b"".join(events)
-                last_write = time.monotonic()
-            if final is not None:
-                yield sse_event("end", final)
-                return
-            if time.monotonic() - last_write >= heartbeat_s:
-                yield PING
-                last_write = time.monotonic()
-            time.sleep(poll_s)
-    except GeneratorExit:  # the client went away; nothing to clean up but the session above
-        return
+    return job_events.follow(app, StressJob, job_id, updates=_updates, final=lambda job: job_dict(job, settings),
+                             poll_s=poll_s, heartbeat_s=heartbeat_s)
 
 
 # --- for the pages -------------------------------------------------------------------------------

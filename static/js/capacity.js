@@ -65,6 +65,20 @@
     if (node) node.textContent = text;
   }
 
+  // The same words as templates/results/capacity.html writes on first render.
+  function pendingText(search) {
+    const p = search.pending;
+    if (!p) return "";
+    if (p.estimate) return "Estimating where to start: " + p.concurrency + " requests at once.";
+    return "Probing concurrency " + p.concurrency + ": repeat " + p.jobs.length + " of " + search.repeats + ".";
+  }
+
+  function estimateText(search) {
+    if (!search.start_auto) return "";
+    return search.estimate ? "Start from Little's law: " + search.estimate.reason + "."
+      : "Start from Little's law: measuring.";
+  }
+
   function show(search) {
     const body = document.getElementById("probes-body");
     if (body) body.replaceChildren.apply(body, search.probes.map(probeRow));
@@ -85,8 +99,9 @@
     const cost = search.cost_at_capacity.usd_per_m_output_tokens;
     setText("search-cost", cost === null ? "unknown" : "$" + cost.toFixed(3));
     setText("search-cost-reason", search.cost_at_capacity.reason);
-    setText("search-pending", search.pending ? "Probing concurrency " + search.pending.concurrency + ": repeat "
-      + search.pending.jobs.length + " of " + search.repeats + "." : "");
+    setText("search-pending", pendingText(search));
+    setText("search-estimate", estimateText(search));
+    setText("search-start", String(search.start));
     draw(search.figures);
   }
 

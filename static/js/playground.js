@@ -911,11 +911,19 @@
     }));
   }
 
+  // One batch after another (picked, then dropped...): previews and the server's images[i] keep the order the
+  // files were added in, even when a later, smaller batch is read first.
+  let adding = Promise.resolve();
+  function addInOrder(files) {
+    adding = adding.then(() => addFiles(files))
+      .catch((error) => show(els.mediaError, `The files could not be added: ${error && error.message}`));
+  }
+
   for (const input of [els.images, els.video]) {
     input.addEventListener("change", () => {
       const files = Array.from(input.files);
       input.value = ""; // the same file may be picked again after removing it
-      addFiles(files);
+      addInOrder(files);
     });
   }
 
@@ -932,7 +940,7 @@
   els.drop.addEventListener("drop", (event) => {
     event.preventDefault();
     els.drop.classList.remove("dragging");
-    addFiles(Array.from(event.dataTransfer.files));
+    addInOrder(Array.from(event.dataTransfer.files));
   });
   // A file dropped beside the drop zone must not make the browser navigate away from the page.
   window.addEventListener("dragover", (event) => { if (hasFiles(event)) event.preventDefault(); });

@@ -43,7 +43,8 @@
    * empty string as its value, so validity.badInput is the only way to tell "abc" from an empty field. */
   function numberProblem(input) {
     if (input.disabled || input.type !== "number") return null;
-    const whole = input.name !== "temperature";
+    if (input.dataset.optional && !input.validity.badInput && input.value.trim() === "") return null;  // no limit
+    const whole = input.name !== "temperature" && input.step !== "any";
     const what = whole ? "a whole number" : "a number";
     const label = labelOf(input);
     if (input.validity.badInput || input.value.trim() === "") return `${label}: enter ${what}`;
@@ -105,12 +106,28 @@
     return Array.from(form.querySelectorAll("input[type=number]")).filter((input) => !input.disabled);
   }
 
+  /* "sweep" (fixed concurrency levels) or "capacity" (a capacity search, which chooses its own levels). */
+  const modeOf = () => (form.querySelector("input[name=mode]:checked") || { value: "sweep" }).value;
+
+  /* Only the chosen mode's fields show, are checked and are sent (disabled fields are not submitted). */
+  function updateMode() {
+    const mode = modeOf();
+    for (const block of form.querySelectorAll(".sf-mode-block")) {
+      const on = block.dataset.mode === mode;
+      block.hidden = !on;
+      for (const field of block.querySelectorAll("input, select, textarea")) field.disabled = !on;
+    }
+    $("#sf-submit").textContent = mode === "capacity" ? "Start capacity search" : "Start stress test";
+  }
+
   /* Every problem the page can see, field by field: [[input, message], ...]. */
   function problems() {
     const found = [];
     if (!els.target.value) found.push([els.target, `${labels.target}: choose a model or a manual endpoint`]);
-    const load = readLoad();
-    if (load.problem) found.push([load.field, load.problem]);
+    if (modeOf() === "sweep") {
+      const load = readLoad();
+      if (load.problem) found.push([load.field, load.problem]);
+    }
     for (const input of numberInputs()) {
       const problem = numberProblem(input);
       if (problem) found.push([input, problem]);
@@ -230,6 +247,11 @@
   }
 
   function updateEstimate() {
+    if (modeOf() === "capacity") {  // the search picks its levels as it goes: no duration to foresee
+      updateWarmupNote({});
+      els.summary.textContent = "";
+      return;
+    }
     const load = readLoad();
     updateWarmupNote(load);
     const found = problems().filter(([input]) => input !== els.target);
@@ -400,6 +422,9 @@
   els.warmup.addEventListener("change", () => { updateEstimate(); checkField(els.warmupCount); });
   els.exact.addEventListener("change", updateEstimate);
   els.upload.addEventListener("click", upload);
+  for (const radio of form.querySelectorAll("input[name=mode]")) {
+    radio.addEventListener("change", () => { updateMode(); updateEstimate(); });
+  }
   // Refuse before sending what the server would refuse (capture: before htmx's own submit handler).
   form.addEventListener("submit", (event) => { if (refuse(event)) event.stopImmediatePropagation(); }, true);
   form.addEventListener("htmx:beforeRequest", (event) => { refuse(event); });
@@ -418,6 +443,7 @@
     if (first) first.scrollIntoView({ block: "nearest" });
   });
 
+  updateMode();
   updateTarget();
   updateDataset();
   updateEstimate();

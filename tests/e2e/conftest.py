@@ -54,7 +54,7 @@ E2E_STRESS_SETTINGS = {"PEP_STRESS__LEVEL_PAUSE_S": "1", "PEP_STRESS__POLL_INTER
 
 @pytest.fixture(scope="session")
 def e2e_stress_worker(e2e_app: AppServer) -> Iterator[AppServer]:
-    """``python -m backend.stress.worker`` on e2e_app's database and folders, for the tests that need it."""
+    """``python -m backend.jobs.worker`` on e2e_app's database and folders, for the tests that need it."""
     e2e_app.start_stress_worker()
     yield e2e_app
     e2e_app.stop_stress_worker()

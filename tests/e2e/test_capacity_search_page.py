@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import screenshot
+from tests.support.browser_app import serve_in_process
 from tests.support.stress import offline_app
 from tests.test_capacity_search_jobs import create, run_job, step, unfinished_jobs
+
+BASE = "http://capacity.test"
 
 
 @pytest.fixture
@@ -31,15 +34,8 @@ def _run_next(app: Flask, search_id: str) -> int:
 
 
 def test_probes_appear_as_they_land(app: Flask, page: Page) -> None:
-    client = app.test_client()
     search_id = create(app, slo={"tpot_ms": 31}, repeats=1)["id"]
-
-    def serve(route: Route) -> None:
-        rest = route.request.url.split("://", 1)[1]
-        response = client.get("/" + (rest.split("/", 1)[1] if "/" in rest else ""))
-        route.fulfill(status=response.status_code, headers=dict(response.headers), body=response.data)
-
-    page.route("http://capacity.test/**", serve)
+    serve_in_process(page, app, BASE)
     page.goto(f"http://capacity.test/results/capacity/{search_id}")
     rows = page.locator("#probes-body tr")
     expect(rows).to_have_count(0)
@@ -67,3 +63,56 @@ def test_probes_appear_as_they_land(app: Flask, page: Page) -> None:
     expect(page.locator("#search-status .job-status")).to_have_class("badge job-status ok")
     expect(page.locator("#probes-body .badge.bad")).to_have_count(3)
     screenshot(page, "capacity-search")
+
+
+def test_the_stress_form_starts_a_capacity_search(app: Flask, page: Page) -> None:
+    serve_in_process(page, app, BASE)
+    page.goto("http://capacity.test/results/capacity")
+    expect(page.locator("section.panel .empty")).to_contain_text("No capacity searches yet")
+    page.locator("a.button", has_text="New capacity search").click()
+
+    # The capacity mode is chosen: the sweep's fields are hidden (and not sent), the search's are shown.
+    expect(page.locator("input[name=mode][value=capacity]")).to_be_checked()
+    expect(page.locator("#sf-concurrency")).to_be_hidden()
+    expect(page.locator("#sf-concurrency")).to_be_disabled()
+    expect(page.locator("#sf-estimate")).to_be_hidden()
+    expect(page.locator("#sf-slo-tpot")).to_be_visible()
+    expect(page.locator("#sf-submit")).to_have_text("Start capacity search")
+    configured = app.config["PEP"]["results"]["slo"]
+    expect(page.locator("#sf-slo-tpot")).to_have_value(f"{configured['tpot_ms']:g}")
+    page.locator("input[name=mode][value=sweep]").check()  # and back: the sweep's fields return
+    expect(page.locator("#sf-concurrency")).to_be_visible()
+    expect(page.locator("#sf-submit")).to_have_text("Start stress test")
+    page.locator("input[name=mode][value=capacity]").check()
+
+    page.select_option("#sf-target", "sim-fast")
+    page.fill("#sf-slo-ttft", "")  # no TTFT limit
+    page.fill("#sf-slo-tpot", "31")
+    page.fill("#sf-max-concurrency", "0")
+    page.locator("#sf-submit").click()
+    expect(page.locator("#error-max_concurrency")).to_contain_text("Highest concurrency: must be at least 1")
+    page.fill("#sf-max-concurrency", "16")
+    page.fill("#sf-precision", "ten")  # refused by the server, named by the form's label
+    page.locator("#sf-submit").click()
+    expect(page.locator("#error-precision")).to_contain_text("Precision:")
+    page.fill("#sf-precision", "1")
+    page.select_option("#sf-start", "auto")
+    screenshot(page, "stress-form-capacity-mode")
+    page.locator("#sf-submit").click()
+
+    page.wait_for_url("http://capacity.test/results/capacity/*")
+    search_id = page.url.rsplit("/", 1)[1]
+    search = app.test_client().get(f"/api/v1/capacity-searches/{search_id}").json
+    assert search["model"] == "sim-fast" and search["start_auto"] is True and search["max_concurrency"] == 16
+    assert search["slo"]["tpot_ms"] == 31 and search["slo"]["ttft_ms"] is None
+    assert search["slo"]["error_rate"] == pytest.approx(configured["error_rate"])
+    assert "concurrency" not in search["params"] and search["requests"] == 10
+    expect(page.locator("#search-estimate")).to_have_text("Start from Little's law: measuring.")
+    screenshot(page, "capacity-search-started")
+
+    page.goto("http://capacity.test/results/capacity")
+    row = page.locator(f"#search-list tr[data-search='{search_id}']")
+    expect(row).to_contain_text("sim-fast")
+    expect(row).to_contain_text("p95 TPOT ≤ 31 ms")
+    expect(row).to_contain_text("queued")
+    screenshot(page, "capacity-search-list")

@@ -24,7 +24,7 @@ class AppServer:
 
     Every run gets its own data, log and output folders in a temporary directory, so tests never see
     each other's leftovers; ``env`` adds or overrides environment variables (configuration keys).
-    ``stress_worker=True`` also runs ``python -m backend.stress.worker`` beside gunicorn, as
+    ``stress_worker=True`` also runs ``python -m backend.jobs.worker`` beside gunicorn, as
     scripts/start.sh does, on the same database and folders; it is stopped (SIGTERM: it ends its jobs) first.
     """
 
@@ -101,7 +101,7 @@ class AppServer:
             return
         self._worker_out = open(self.root / "worker.out", "ab")  # noqa: SIM115 - closed in stop_stress_worker()
         self._worker = subprocess.Popen(
-            [sys.executable, "-m", "backend.stress.worker"], cwd=PROJECT_ROOT, env=dict(self._env),
+            [sys.executable, "-m", "backend.jobs.worker"], cwd=PROJECT_ROOT, env=dict(self._env),
             stdout=self._worker_out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
 

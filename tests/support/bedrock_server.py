@@ -47,6 +47,9 @@ Behaviour is chosen by the model id (exact match):
 ``test.notfound``                   404 ``ResourceNotFoundException``.
 ``test.error.<Code>``               That error with its real status, e.g.
                                     ``test.error.ServiceUnavailableException`` (see ``ERROR_STATUS``).
+``test.broken-frame``               2 deltas, then a frame with one payload byte flipped (its CRC fails).
+``test.trickle``                    ``messageStart``, then the ``test.ok`` answer one byte a second.
+``test.huge``                       ``HUGE_CHARS`` (10 million) "x" in 100 deltas, then ``end_turn``.
 anything else                       400 ``ValidationException`` "The provided model identifier is
                                     invalid.", as the real service says.
 ==================================  ===============================================================
@@ -76,6 +79,7 @@ from typing import Any
 from urllib.parse import unquote
 
 EVENTSTREAM_CONTENT_TYPE = "application/vnd.amazon.eventstream"
+HUGE_CHARS = 10_000_000  # the answer of test.huge
 ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
 
 # The HTTP status Bedrock Runtime answers each modelled (and a few unmodelled) error codes with.
@@ -177,6 +181,8 @@ class _Plan:
     delay_s: float = 0.0
     stream_error: tuple[str, str] | None = None  # (exceptionType, message) after the deltas
     hang: bool = False
+    broken_frame: bool = False  # the frame after the deltas has a flipped byte
+    trickle_s: float = 0.0  # each byte after messageStart waits this long
     stop_reason: str = "end_turn"
     input_tokens: int = 0
 
@@ -202,6 +208,12 @@ def _plan_for(model_id: str, body: dict[str, Any], server: BedrockServer) -> _Pl
         plan.delay_s = server.slow_delay_s
     elif model_id == "test.hang":
         plan.hang = True
+    elif model_id == "test.broken-frame":
+        plan.deltas, plan.broken_frame = _words(OK_ANSWER)[:2], True
+    elif model_id == "test.trickle":
+        plan.deltas, plan.trickle_s = _words(OK_ANSWER), 1.0
+    elif model_id == "test.huge":
+        plan.deltas = ["x" * (HUGE_CHARS // 100)] * 100
     elif model_id == "test.midstream" or model_id.startswith("test.midstream."):
         exception_type = model_id.removeprefix("test.midstream").lstrip(".") or "modelStreamErrorException"
         plan.deltas, plan.delay_s = _words(OK_ANSWER)[:2], server.delta_delay_s
@@ -337,7 +349,18 @@ class _Handler(BaseHTTPRequestHandler):
         for index, frame in enumerate(self._content_frames(plan)):
             if index and plan.delay_s:
                 self._pause(plan.delay_s)
+            if plan.trickle_s:
+                for byte in range(len(frame)):
+                    self._pause(plan.trickle_s)
+                    self._write_chunk(frame[byte:byte + 1])
+                continue
             self._write_chunk(frame)
+        if plan.broken_frame:
+            frame = bytearray(event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": " z"}}))
+            frame[-8] ^= 0xFF  # inside the payload: the message CRC no longer matches
+            self._write_chunk(bytes(frame))
+            self.wfile.write(b"0\r\n\r\n")
+            return
         if plan.stream_error:
             self._write_chunk(exception_frame(*plan.stream_error))
         else:
@@ -409,6 +432,8 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class BedrockServer:
     """A threaded Bedrock Runtime look-alike on a free loopback port; use it as a context manager."""
+
+    HUGE_CHARS = HUGE_CHARS
 
     def __init__(self, *, delta_delay_s: float = 0.01, slow_delay_s: float = 0.2) -> None:
         self.delta_delay_s = delta_delay_s

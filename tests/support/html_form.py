@@ -31,7 +31,7 @@ class _FormReader(HTMLParser):
                 self.disabled.add(name)
                 return
             kind = (a.get("type") or "text").lower()
-            if kind == "checkbox":
+            if kind in ("checkbox", "radio"):  # sent only when checked (one radio of a group)
                 if "checked" in a:
                     self.fields[name] = a.get("value") or "on"
             elif kind != "file":

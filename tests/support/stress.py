@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask
 
 from backend.app import create_app
-from backend.stress.worker import run_worker
+from backend.jobs.worker import run_worker
 from tests.conftest import TEST_MODELS
 from tests.support.simulator import PROJECT_ROOT
 
@@ -90,7 +90,8 @@ def job_pgid(client: Any, job_id: str) -> int:
     from backend.stress.models import StressJob
 
     with client.application.app_context():
-        return wait_for(lambda: db.session.get(StressJob, job_id, populate_existing=True).pgid, 10, "a pgid")
+        # a worker process just started takes a few seconds to load the app and claim (more on a busy machine)
+        return wait_for(lambda: db.session.get(StressJob, job_id, populate_existing=True).pgid, 30, "a pgid")
 
 
 def group_gone(pgid: int) -> bool:
@@ -110,9 +111,9 @@ def group_gone(pgid: int) -> bool:
     return True
 
 
-def worker_process(tmp_path: Path, sim_port: int, command: Sequence[str] = ("-m", "backend.stress.worker"),
+def worker_process(tmp_path: Path, sim_port: int, command: Sequence[str] = ("-m", "backend.jobs.worker"),
                    ) -> subprocess.Popen[bytes]:
-    """The worker as its own process (``python -m backend.stress.worker``) on make_app's folders, so that a
+    """The worker as its own process (``python -m backend.jobs.worker``) on make_app's folders, so that a
     test can kill it; ``command`` may run it through a wrapper instead."""
     env = {**os.environ, "ENVIRONMENT": "test", "PEP_DATABASE__PATH": str(tmp_path / "app.db"),
            "PEP_LOGGING__DIR": str(tmp_path / "logs"), "PEP_CATALOG__MODELS_FILE": TEST_MODELS,

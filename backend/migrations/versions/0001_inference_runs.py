@@ -8,6 +8,8 @@ Create Date: 2026-11-23 02:16:34.368835
 from alembic import op
 import sqlalchemy as sa
 
+from backend.db_types import Json
+
 
 # revision identifiers, used by Alembic.
 revision = '0001_inference_runs'
@@ -25,8 +27,8 @@ def upgrade():
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('prompt', sa.Text(), nullable=False),
     sa.Column('system', sa.Text(), nullable=True),
-    sa.Column('params', sa.JSON(), nullable=False),
-    sa.Column('models', sa.JSON(), nullable=False),
+    sa.Column('params', Json, nullable=False),
+    sa.Column('models', Json, nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('inference_runs', schema=None) as batch_op:

@@ -8,6 +8,8 @@ Create Date: 2026-11-23 02:50:56.429490
 from alembic import op
 import sqlalchemy as sa
 
+from backend.db_types import Json
+
 
 # revision identifiers, used by Alembic.
 revision = '0002_stress_jobs'
@@ -34,15 +36,15 @@ def upgrade():
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('model_key', sa.String(length=200), nullable=False),
-    sa.Column('target', sa.JSON(), nullable=False),
-    sa.Column('params', sa.JSON(), nullable=False),
+    sa.Column('target', Json, nullable=False),
+    sa.Column('params', Json, nullable=False),
     sa.Column('api_key_encrypted', sa.Text(), nullable=True),
     sa.Column('estimated_requests', sa.Integer(), nullable=False),
     sa.Column('pid', sa.Integer(), nullable=True),
     sa.Column('pgid', sa.Integer(), nullable=True),
     sa.Column('worker_id', sa.String(length=64), nullable=True),
     sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('progress', sa.JSON(), nullable=False),
+    sa.Column('progress', Json, nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('exit_code', sa.Integer(), nullable=True),
     sa.Column('failed_requests', sa.Integer(), nullable=True),
@@ -79,9 +81,9 @@ def upgrade():
     sa.Column('total_tokens_per_s', sa.Float(), nullable=True),
     sa.Column('avg_input_tokens', sa.Float(), nullable=True),
     sa.Column('avg_output_tokens', sa.Float(), nullable=True),
-    sa.Column('metrics', sa.JSON(), nullable=False),
-    sa.Column('raw_summary', sa.JSON(), nullable=False),
-    sa.Column('raw_percentiles', sa.JSON(), nullable=False),
+    sa.Column('metrics', Json, nullable=False),
+    sa.Column('raw_summary', Json, nullable=False),
+    sa.Column('raw_percentiles', Json, nullable=False),
     sa.Column('complete', sa.Boolean(), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['stress_jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')

@@ -8,6 +8,8 @@ Create Date: 2026-12-02 00:10:00
 from alembic import op
 import sqlalchemy as sa
 
+from backend.db_types import Json
+
 
 revision = '0006_capacity_searches'
 down_revision = '0005_level_columns'
@@ -23,18 +25,18 @@ def upgrade():
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('model_key', sa.String(length=200), nullable=False),
-    sa.Column('target', sa.JSON(), nullable=False),
-    sa.Column('params', sa.JSON(), nullable=False),
+    sa.Column('target', Json, nullable=False),
+    sa.Column('params', Json, nullable=False),
     sa.Column('api_key_encrypted', sa.Text(), nullable=True),
-    sa.Column('slo', sa.JSON(), nullable=False),
+    sa.Column('slo', Json, nullable=False),
     sa.Column('start', sa.Integer(), nullable=False),
     sa.Column('precision', sa.String(length=16), nullable=False),
     sa.Column('repeats', sa.Integer(), nullable=False),
     sa.Column('max_concurrency', sa.Integer(), nullable=False),
     sa.Column('requests', sa.Integer(), nullable=False),
     sa.Column('requests_per_slot', sa.Integer(), nullable=False),
-    sa.Column('probes', sa.JSON(), nullable=False),
-    sa.Column('pending', sa.JSON(), nullable=True),
+    sa.Column('probes', Json, nullable=False),
+    sa.Column('pending', Json, nullable=True),
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),

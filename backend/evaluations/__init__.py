@@ -1,0 +1,1 @@
+"""Accuracy evaluations (evalscope eval): datasets, scoring with intervals, jobs, pages and API."""
