@@ -109,6 +109,10 @@ class Kind(Protocol):
     # ``log_path(job, ctx) -> Path``: the job's log file, copied into the database each tick (jobs/logs.py);
     # ``artifact_files(job, ctx) -> list[tuple[str, Path]]``: (name, file) of what to copy to
     # ``storage.artifacts`` when the job ends (jobs/storage.py); names are the download routes' names.
+    # ``runnable() -> condition``: the worker claims and recovers only rows meeting this SQL condition (a
+    # stress test spread over hosts is not run itself; its shard jobs are);
+    # ``group() -> column``: a row's group: one worker takes at most one row of a group at a time;
+    # ``quick(running) -> bool``: the worker ticks every 0.1 s while it is True (a shard waiting for a start);
     # ``abandon(job, ctx) -> dict``: the job's worker on another host lost its lease and the job ends
     # interrupted from its rows alone; the kind closes its parts (an evaluation's unfinished cells) and
     # returns column values to write with the status.
@@ -125,5 +129,7 @@ def registered_kinds() -> list[Kind]:
 def tick_hooks() -> list[Callable[[], None]]:
     """Called once a tick, after following and before claiming: work that makes jobs, not a kind of job."""
     from backend.results.capacity_search import advance_searches
+    from backend.stress.spread import advance_groups
 
-    return [advance_searches]  # capacity searches queue their probes as stress jobs
+    # capacity searches queue their probes as stress jobs; a stress test spread over hosts follows its shards
+    return [advance_searches, advance_groups]

@@ -43,7 +43,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import func, select, text
+from sqlalchemy import func, null, select, text
 
 from backend.config import ConfigError
 from backend.db import db, is_postgresql
@@ -153,7 +153,7 @@ class Worker:
         """Until the next tick: the poll interval, or a tenth of a second while a job is being stopped, so that
         a cancelled job ends as soon as its process does rather than a poll later."""
         poll = float(self.settings["poll_interval_s"])
-        stopping = any(running.term_sent_at is not None for running in self.running.values())
+        stopping = any(running.term_sent_at is not None or _quick(running) for running in self.running.values())
         return min(poll, STOPPING_POLL_S) if stopping else poll
 
     def _claim_and_launch(self, kind: Kind) -> None:
@@ -203,9 +203,10 @@ class Worker:
         worker, if fewer than the kind's ``max_concurrent`` run (on every worker: the count is part of the
         same UPDATE); None otherwise."""
         model = kind.model
+        runnable = _runnable(kind)
         limit = int(self.context(kind).settings["max_concurrent"])
         active = (select(func.count()).select_from(model)
-                  .where(model.status.in_([s.value for s in ACTIVE])).scalar_subquery())
+                  .where(model.status.in_([s.value for s in ACTIVE]), *runnable).scalar_subquery())
         postgresql = is_postgresql()
         if postgresql:
             # SQLite runs one writer at a time, so the count in the UPDATE below is exact there. PostgreSQL
@@ -213,11 +214,15 @@ class Worker:
             # per kind, held to this transaction's commit, makes the count and the claim one step; the row
             # itself is taken FOR UPDATE SKIP LOCKED, so a row a web host is cancelling is passed over.
             db.session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": claim_lock_key(kind.name)})
-        queued = db.session.execute(select(model.id, model.labels).where(model.status == JobStatus.QUEUED.value)
+        group = kind.group() if hasattr(kind, "group") else None  # one job of a group a worker (host shards)
+        held = set() if group is None else set(db.session.scalars(select(group).where(
+            model.worker_id == self.id, model.status.in_([s.value for s in ACTIVE]), group.is_not(None))))
+        queued = db.session.execute(select(model.id, model.labels, group if group is not None else null())
+                                    .where(model.status == JobStatus.QUEUED.value, *runnable)
                                     .order_by(model.created_at, model.id).limit(CANDIDATES)).all()
         candidate = None
-        for job_id, required in queued:
-            if not can_take(self.labels, required):
+        for job_id, required, of_group in queued:
+            if not can_take(self.labels, required) or (of_group is not None and of_group in held):
                 continue
             if postgresql and db.session.scalar(
                     select(model.id).where(model.id == job_id, model.status == JobStatus.QUEUED.value)
@@ -399,7 +404,8 @@ class Worker:
         for kind in self.kinds:
             ctx = self.context(kind)
             model = kind.model
-            jobs = db.session.scalars(select(model).where(model.status.in_([s.value for s in ACTIVE]))).all()
+            jobs = db.session.scalars(select(model).where(model.status.in_([s.value for s in ACTIVE]),
+                                                          *_runnable(kind))).all()
             for job in jobs:
                 if (kind.name, job.id) in self.running or job.worker_id in live_workers:
                     continue
@@ -438,6 +444,18 @@ class Worker:
             log.warning("%s job %s interrupted: %s", kind.name, job.id, reason)
         else:  # its worker came back, or another live worker ended it first
             db.session.rollback()
+
+
+def _runnable(kind: Kind) -> list[Any]:
+    """The condition a row of ``kind`` meets when a worker runs it (``kind.runnable``; every row if none)."""
+    runnable = getattr(kind, "runnable", None)
+    return [] if runnable is None else [runnable()]
+
+
+def _quick(running: Running) -> bool:
+    """The kind asks for quick ticks while this job waits on something the worker relays (``kind.quick``)."""
+    quick = getattr(running.kind, "quick", None)
+    return bool(quick(running)) if quick is not None else False
 
 
 def run_worker(app: Flask, stop_event: threading.Event, worker_id: str | None = None) -> None:

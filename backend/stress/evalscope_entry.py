@@ -92,6 +92,8 @@ the ``evalscope`` console script) after these things happen in this process:
    time (``getrusage(RUSAGE_SELF)``, user + system) and the wall time over the level (from its start, or
    from the common start) are written to ``<level folder>/client_cpu.json`` as ``{"cpu_s", "wall_s"}``:
    evalscope is one event loop, so a level whose CPU time nears its wall time had a saturated load generator.
+   With them, ``wall_at`` and ``perf_at``: ``time.time()`` and ``perf_counter()`` read together at that
+   start, which put a shard's requests on the wall clock when shards on several hosts are merged.
 
 Where a run's token counts came from is written to evalscope's ``benchmark.log``: evalscope counts
 with a tokenizer only when a response carries no usage, and we wrap the tokenizer counting method of
@@ -424,6 +426,7 @@ class LevelStart:
         self.levels_entered = 0
         self.pending: int | None = None  # the level whose common start is still to be waited for
         self.cpu_s, self.wall_s = 0.0, 0.0
+        self.wall_at, self.perf_at = 0.0, 0.0
 
     def enter(self) -> None:
         if self.barrier is not None:
@@ -433,6 +436,9 @@ class LevelStart:
 
     def reset_clock(self) -> None:
         self.cpu_s, self.wall_s = _cpu_s(), time.monotonic()
+        # The wall clock and evalscope's request clock read together: shards on several hosts put their
+        # requests on the wall clock with it before they are merged (backend/stress/spread.py).
+        self.wall_at, self.perf_at = time.time(), _perf_counter()
 
     def before_sending(self) -> None:
         if self.barrier is not None and self.pending is not None:
@@ -441,7 +447,8 @@ class LevelStart:
             self.reset_clock()  # the wait is no load on the client
 
     def record(self, output_path: str) -> None:
-        record = {"cpu_s": round(_cpu_s() - self.cpu_s, 4), "wall_s": round(time.monotonic() - self.wall_s, 4)}
+        record = {"cpu_s": round(_cpu_s() - self.cpu_s, 4), "wall_s": round(time.monotonic() - self.wall_s, 4),
+                  "wall_at": self.wall_at, "perf_at": self.perf_at}
         target = Path(output_path, CLIENT_CPU_FILE)
         temporary = target.with_name(f".{CLIENT_CPU_FILE}.tmp")
         with contextlib.suppress(OSError):  # written whole or not at all: the worker reads it at once

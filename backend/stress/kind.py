@@ -47,9 +47,9 @@ from backend.providers.openai_compat import error_message
 from backend.results.ingest import LevelRequests, merge_shards, pack_columns, read_level_file, store_requests
 from backend.results.metrics import client_load, level_from_requests, over_window
 from backend.security.targets import launch_problem
-from backend.stress import secrets
+from backend.stress import secrets, spread
 from backend.stress.artefacts import list_files
-from backend.stress.command import CommandError, JobPaths, build_command, job_paths, share
+from backend.stress.command import CommandError, JobPaths, build_command, job_paths, shard_levels, share
 from backend.stress.datasets import stored_path
 from backend.stress.evalscope_args import token_source
 from backend.stress.models import JobStatus, StressJob, StressLevel, StressSample
@@ -65,6 +65,7 @@ from backend.stress.outputs import (
     tail,
 )
 from backend.stress.params import available_tokenizers
+from backend.stress.shards import BARRIER_ENV, INDEX_ENV
 
 log = logging.getLogger("backend.stress.kind")
 _NO_USAGE_LOGGED = "Unable to retrieve usage information"  # evalscope perf's words
@@ -85,6 +86,13 @@ class StressState:
     last_rowid: dict[tuple[int, int], int] = field(default_factory=dict)  # (level index, shard)
     last_done: dict[int, int] = field(default_factory=dict)
     last_sample_at: float = field(default_factory=time.monotonic)
+    # A shard job of a job spread over hosts (backend/stress/spread.py): that job's id, this shard's index,
+    # how many shards; the levels whose common start this worker handed to evalscope; whether it waits.
+    group_id: str | None = None
+    shard_index: int = 0
+    group_size: int = 1
+    released: set[int] = field(default_factory=set)
+    waiting: bool = False
 
     def shard_views(self) -> list[tuple[JobPaths, list[int], list[int]]]:
         """Each evalscope's paths, levels and request counts: the job's own when unsharded, else each shard's."""
@@ -196,6 +204,28 @@ def _stream_problem(pieces: Iterator[bytes]) -> str | None:
 _NO_USAGE = "the endpoint's stream carries no usage chunk (token counts)"
 
 
+def _host_shard(job: StressJob) -> tuple[int, int] | None:
+    """(index, count) of a shard job of a job spread over hosts; None for any other job."""
+    value = (job.params or {}).get("host_shard")
+    return (int(value[0]), int(value[1])) if value else None
+
+
+def _state(job: StressJob, ctx: Context) -> StressState:
+    """What the worker follows of ``job``: its levels (a host shard's: its part of each), its folders."""
+    params = dict(job.params)
+    paths = job_paths(ctx.settings, job.id)
+    levels, counts = list(params["concurrency"]), list(params["requests"])
+    host_shard = _host_shard(job)
+    state = StressState(paths=paths, levels=levels, counts=counts, warmup=params.get("warmup", 0),
+                        shards=int(params.get("shards", 1)))
+    if host_shard is not None:
+        index, count = host_shard
+        state.paths = paths.shard(index)
+        state.levels, state.counts = shard_levels(params, index, count)
+        state.group_id, state.shard_index, state.group_size = job.parent_id, index, count
+    return state
+
+
 def stored_positions(job_id: str) -> set[int]:
     """The level positions of a job that already have a result row."""
     return set(db.session.scalars(select(StressLevel.position).where(StressLevel.job_id == job_id)))
@@ -245,10 +275,11 @@ class StressKind:
             if problem:
                 raise Refused(problem)
         shards = int(params.get("shards", 1))
+        host_shard = _host_shard(job)
         try:
             commands = [build_command(job_id=job.id, target=target, params=params, settings=settings,
                                       tokenizer_dir=tokenizer_dir, dataset_file=dataset_file,
-                                      shard=(index, shards) if shards > 1 else None)
+                                      shard=(index, shards) if shards > 1 else host_shard)
                         for index in range(shards)]
         except CommandError as exc:
             raise Refused(str(exc)) from None
@@ -262,6 +293,9 @@ class StressKind:
         extra = {"PYTHONUNBUFFERED": "1", "EVALSCOPE_HEARTBEAT_INTERVAL": str(int(settings["log_progress_s"]))}
         if key:
             extra[secrets.ENV_VAR] = key
+        if host_shard is not None:  # its evalscope waits at each level for the start relayed from the database
+            paths.barrier_dir.mkdir(parents=True, exist_ok=True)
+            extra.update({BARRIER_ENV: str(paths.barrier_dir), INDEX_ENV: str(host_shard[0])})
         checked = "the connection test passed; " if target.get("provider") == "openai" else ""
         if shards == 1:
             command = commands[0]
@@ -275,18 +309,30 @@ class StressKind:
             header = "".join(f"$ [shard {index}] " + shlex.join(shard[1:]) + "\n"
                              for index, shard in enumerate(commands))
             header += f"# {checked}starting {shards} evalscope shards (loading them takes a few seconds)\n"
-        state = StressState(paths=paths, levels=list(params["concurrency"]), counts=list(params["requests"]),
-                            warmup=params.get("warmup", 0), shards=shards)
+        state = _state(job, ctx)
         return Launch(command=command, log_path=paths.log_path, env=child_env(extra, drop=(secrets.ENV_VAR,)),
                       state=state, header=header, program="evalscope")
 
     # -- recovery --
 
     def recover_state(self, job: StressJob, ctx: Context) -> StressState:
-        params = dict(job.params)
-        return StressState(paths=job_paths(ctx.settings, job.id), levels=list(params["concurrency"]),
-                           counts=list(params["requests"]), ingested=stored_positions(job.id),
-                           warmup=params.get("warmup", 0), shards=int(params.get("shards", 1)))
+        state = _state(job, ctx)
+        state.ingested = stored_positions(job.id)  # a start already agreed is handed to evalscope again: the same
+        return state
+
+    # A job spread over hosts is never run itself: its shard jobs are (backend/stress/spread.py). The worker
+    # claims and recovers only rows that meet ``runnable``, and takes at most one job of a ``group``.
+    @staticmethod
+    def runnable() -> Any:
+        return StressJob.host_shards.is_(None)
+
+    @staticmethod
+    def group() -> Any:
+        return StressJob.parent_id
+
+    def quick(self, running: Running) -> bool:
+        """Whether the worker should tick quickly: a shard waits for a start relayed through the database."""
+        return bool(running.state.waiting)
 
     def process_marker(self, job: StressJob, state: StressState, ctx: Context) -> str:
         return f"--outputs-dir={state.paths.output_dir}"
@@ -301,6 +347,10 @@ class StressKind:
     # -- following --
 
     def update(self, job: StressJob, running: Running, ctx: Context) -> None:
+        state: StressState = running.state
+        if state.group_id is not None:
+            state.waiting = spread.relay(state.group_id, state.shard_index, state.group_size,
+                                         state.paths.barrier_dir, state.released, len(state.levels))
         self._record_progress(job, running)
         self._ingest_levels(running, final=False)
 
@@ -432,6 +482,9 @@ class StressKind:
             if requests is not None:
                 row.request_columns = pack_columns(requests.rows)
                 store_requests(db.session, running.job_id, index, requests.rows)
+                if state.group_id is not None:  # merged with the other hosts' shards: on the wall clock
+                    row.metrics = {**row.metrics, "origin_wall_s": spread.wall_origin(requests.origin, client[0])}
+                    row.gap_columns = spread.pack_gaps(requests.gaps_ms)
             state.ingested.add(index)
 
     @staticmethod

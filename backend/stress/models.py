@@ -37,8 +37,8 @@ from backend.jobs.models import (
 )
 from backend.security.auth import created_by as actor_name
 
-__all__ = ["ACTIVE", "ALLOWED", "FINISHED", "JobStatus", "StressDataset", "StressJob", "StressLevel",
-           "StressSample", "StressWorker", "TransitionError", "new_job_id", "transition", "utcnow"]
+__all__ = ["ACTIVE", "ALLOWED", "FINISHED", "JobStatus", "ShardBarrier", "StressDataset", "StressJob",
+           "StressLevel", "StressSample", "StressWorker", "TransitionError", "new_job_id", "transition", "utcnow"]
 
 # The worker's heartbeat row (table ``stress_workers``), shared by every kind.
 StressWorker = JobWorker
@@ -56,6 +56,10 @@ class StressJob(JobColumns, db.Model):
     # The capacity search this job is a probe of (backend/results/capacity_search.py); None otherwise.
     search_id: Mapped[str | None] = mapped_column(String(32), index=True)
     created_by: Mapped[str | None] = mapped_column(String(100), default=actor_name)  # who started it (backend/security)
+    # Spread over worker hosts (backend/stress/spread.py): a job whose levels run as ``host_shards`` shard
+    # jobs, each claimed by a worker, is never run itself; a shard job names it in ``parent_id``.
+    parent_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    host_shards: Mapped[int | None] = mapped_column(Integer)
 
     levels: Mapped[list[StressLevel]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="StressLevel.position",
@@ -92,6 +96,9 @@ class StressLevel(db.Model):
     # The level's per-request figures as one array (backend/results/ingest.py, pack_columns), written with
     # its stress_requests rows: reading 10,000 rows back costs ~10 ms, the array ~0.1 ms.
     request_columns: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    # A host shard's level (backend/stress/spread.py): its every inter-token gap (float32 .npy), so the
+    # level of the job it belongs to gets the percentiles of the union; None for other levels.
+    gap_columns: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
 
     job: Mapped[StressJob] = relationship(back_populates="levels")
 
@@ -114,6 +121,18 @@ class StressLevel(db.Model):
             # the load generators' CPU over the level, and whether one was saturated (None: not recorded)
             "client": (self.metrics or {}).get("client"),
         }
+
+
+class ShardBarrier(db.Model):
+    """A shard's arrival at a level of a job spread over hosts (``shard`` >= 0), or the level's common start
+    (``shard`` -1), in wall-clock seconds: how shards on several hosts agree when to start a level."""
+
+    __tablename__ = "shard_barriers"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
 
 
 class StressSample(db.Model):

@@ -97,7 +97,7 @@ FORM_FIELDS = {
     "target", "manual_url", "manual_model", "manual_key", "label", "labels", "concurrency", "requests", "warmup",
     "input_tokens", "output_tokens", "dataset", "prompt", "system", "dataset_file", "tokenizer", "image_width",
     "image_height", "image_count", "temperature", "connect_timeout_s", "read_timeout_s", "total_timeout_s",
-    "shards",
+    "shards", "spread",
 }
 MANUAL = "__manual__"
 
@@ -219,8 +219,8 @@ FORM_LABELS = {
     "target": "Model", "manual_url": "Base URL or chat completions URL", "manual_model": "Model name",
     "manual_key": "API key", "label": "Label", "labels": "Worker labels", "concurrency": "Concurrency levels",
     "requests": "Requests per level", "warmup": "Warm-up requests", "input_tokens": "Input tokens",
-    "output_tokens": "Output tokens", "shards": "Load generators", "temperature": "Temperature",
-    "dataset": "Dataset", "prompt": "Prompt",
+    "output_tokens": "Output tokens", "shards": "Load generators", "spread": "Spread over",
+    "temperature": "Temperature", "dataset": "Dataset", "prompt": "Prompt",
     "system": "System prompt", "dataset_file": "Uploaded file", "tokenizer": "Tokenizer",
     "image_width": "Image width", "image_height": "Image height", "image_count": "Images per request",
     "connect_timeout_s": "Connect timeout", "read_timeout_s": "Read timeout",
@@ -339,6 +339,8 @@ def form_body(form: Mapping[str, str]) -> dict[str, Any]:
             problems.append((name, str(exc)))
     body["stream"] = form.get("stream") == "on"
     body["exact_output_tokens"] = form.get("exact_output_tokens") == "on"
+    if form.get("spread"):
+        body["spread"] = form["spread"]
     if problems:
         raise FormProblems(problems)
     return body
@@ -429,7 +431,7 @@ def _default_values() -> dict[str, Any]:
         "dataset": "prompt", "prompt": DEFAULT_PROMPT, "system": "", "dataset_file": "", "tokenizer": "",
         "image_width": 224, "image_height": 224, "image_count": 1, "stream": True, "exact_output_tokens": False,
         "temperature": defaults["temperature"], "connect_timeout_s": 10, "read_timeout_s": 120,
-        "total_timeout_s": 600, "shards": 1, "preset": "quick", **_capacity_defaults(),
+        "total_timeout_s": 600, "shards": 1, "spread": "processes", "preset": "quick", **_capacity_defaults(),
     }
 
 
@@ -582,6 +584,7 @@ def _from_job(job_id: str) -> tuple[dict[str, Any], list[str], dict[str, str]]:
         dataset_file=params.get("dataset_file") or "",
         tokenizer="" if params.get("tokenizer") in (None, "default") else params["tokenizer"],
         stream=bool(params.get("stream", True)), exact_output_tokens=bool(params.get("exact_output_tokens")),
+        spread=params.get("spread") or "processes",
     )
     for name in ("input_tokens", "output_tokens", "temperature", "connect_timeout_s", "read_timeout_s",
                  "total_timeout_s", "image_width", "image_height", "image_count", "shards"):

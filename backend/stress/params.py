@@ -59,6 +59,10 @@ class StressParams(BaseModel):
     # Load generators (evalscope processes) each level is split over: concurrency and requests divided,
     # one seed each, a common start (backend/stress/shards.py); at most stress.max_shards.
     shards: int = Field(default=1, ge=1, le=16)
+    # Where the shards run: processes of the one worker that takes the job, or one shard job per worker
+    # host, each taken by a different worker, agreeing each level's start through the database
+    # (backend/stress/spread.py).
+    spread: Literal["processes", "hosts"] = "processes"
 
     @field_validator("labels")
     @classmethod
@@ -205,6 +209,10 @@ def check_limits(params: StressParams, settings: dict[str, Any]) -> dict[str, An
 
     stored = params.model_dump(exclude={"manual_config", "model", "label", "labels"})
     stored.update(requests=counts, tokenizer=tokenizer)
+    if params.spread == "hosts" and params.shards == 1:
+        raise ApiError("spread: 'hosts' needs shards of 2 or more (one shard job per worker host)", field="spread")
+    if params.spread == "processes":  # stored only when it is not the default
+        stored.pop("spread")
     if params.shards == 1:  # an unsharded job's parameters stay as they were before shards existed
         stored.pop("shards")
     if params.system is None or not params.system.strip():

@@ -24,12 +24,13 @@ from backend.jobs import wakeup
 from backend.providers.base import ProviderError
 from backend.security.targets import check_target
 from backend.sse import sse_event
-from backend.stress import secrets
+from backend.stress import secrets, spread
 from backend.stress.command import job_paths
 from backend.stress.datasets import get_dataset
 from backend.stress.models import (
     ACTIVE,
     JobStatus,
+    ShardBarrier,
     StressJob,
     StressLevel,
     StressSample,
@@ -100,7 +101,11 @@ def create_job(body: StressParams, catalog: Catalog, config: dict[str, Any]) -> 
             raise ApiError(f"dataset_file: that file was uploaded as {dataset.format!r}, not {params['dataset']!r}",
                            field="dataset_file")
     target = resolve_target(body, catalog, params)
-    job = StressJob(model_key=target["key"], target=target, params=params, labels=body.labels,
+    host_shards = int(params["shards"]) if params.get("spread") == "hosts" else None
+    if host_shards is not None and (problem := spread.spread_problem(host_shards, body.labels,
+                                                                     float(settings["worker_stale_s"]))):
+        raise ApiError(problem, field="shards", status=409, code="unavailable")
+    job = StressJob(host_shards=host_shards, model_key=target["key"], target=target, params=params, labels=body.labels,
                     estimated_requests=sum(params["requests"]),
                     token_source="tokenizer" if params.get("tokenizer") else "server",
                     progress={"percent": 0.0, "level": 0, "levels": len(params["concurrency"]), "concurrency": None,
@@ -110,7 +115,10 @@ def create_job(body: StressParams, catalog: Catalog, config: dict[str, Any]) -> 
                                                 body.manual_config.api_key.get_secret_value())
     db.session.add(job)
     db.session.flush()
-    wakeup.notify("queued", "stress", job.id)
+    if host_shards is not None:  # never run itself: its shard jobs are, one per worker (backend/stress/spread.py)
+        spread.create_shards(job, host_shards)
+    else:
+        wakeup.notify("queued", "stress", job.id)
     db.session.commit()
     log.info("stress job %s queued: %s, %d requests", job.id, job.model_key, job.estimated_requests)
     return job
@@ -173,6 +181,14 @@ def job_dict(job: StressJob, settings: dict[str, Any], *, alive: bool | None = N
         "worker_host": job.worker_host,
         "labels": list(job.labels or []),  # what a worker needs to take it
     }
+    if job.host_shards is not None:  # spread over hosts: its shard jobs, each on its own worker
+        data["shard_jobs"] = [{"id": shard.id, "index": int(shard.params["host_shard"][0]), "status": shard.status,
+                               "worker_id": shard.worker_id, "worker_host": shard.worker_host,
+                               "progress": dict(shard.progress or {}), "error": shard.error}
+                              for shard in spread.shards_of(job.id)]
+    if job.parent_id is not None:
+        data["shard_of"] = {"id": job.parent_id, "index": int(job.params["host_shard"][0]),
+                            "of": int(job.params["host_shard"][1])}
     if preview is not None:
         cut_texts(data["params"], ("prompt",), preview)
     if with_levels:
@@ -186,7 +202,7 @@ def get_job(job_id: str) -> StressJob:
 
 def list_jobs(settings: dict[str, Any], *, status: str | None, model: str | None, limit: int,
               offset: int) -> dict[str, Any]:
-    query = select(StressJob)
+    query = select(StressJob).where(StressJob.parent_id.is_(None))  # a host shard is listed on its job's page
     if (wanted := job_service.statuses(status)) is not None:
         query = query.where(StressJob.status.in_(wanted))
     if model:
@@ -203,7 +219,15 @@ def list_jobs(settings: dict[str, Any], *, status: str | None, model: str | None
 
 
 def cancel_job(job_id: str) -> StressJob:
-    return job_service.cancel_job(StressJob, job_id)
+    """Cancel a job; a job spread over hosts cancels its shards too (queued ones at once; running ones as
+    its workers' next tick sees, backend/stress/spread.py)."""
+    job = job_service.cancel_job(StressJob, job_id)
+    if job.host_shards is not None:
+        for shard in spread.shards_of(job.id):
+            if not shard.is_finished:
+                job_service.cancel_job(StressJob, shard.id)
+        db.session.refresh(job)
+    return job
 
 
 def _inside(root: Path, path: Path) -> Path | None:
@@ -217,6 +241,14 @@ def delete_job(job_id: str, settings: dict[str, Any]) -> None:
     if not job.is_finished:
         raise ApiError(f"job {job_id} is {job.status}; cancel it and wait until it has finished",
                        status=409, code="conflict")
+    spread.check_deletable(job)
+    for shard in spread.shards_of(job.id) if job.host_shards is not None else []:
+        _delete_one(shard, settings)
+    _delete_one(job, settings)
+    db.session.commit()
+
+
+def _delete_one(job: StressJob, settings: dict[str, Any]) -> None:
     paths = job_paths(settings, job.id)
     output_dir = _inside(paths.outputs_root, paths.output_dir)
     if output_dir is not None and output_dir.exists() and not paths.output_dir.is_symlink():
@@ -228,8 +260,8 @@ def delete_job(job_id: str, settings: dict[str, Any]) -> None:
     db.session.execute(db.delete(StressLevel).where(StressLevel.job_id == job.id))
     job_logs.forget("stress", job.id)
     job_storage.forget("stress", job.id, current_app.config["PEP"])
+    db.session.execute(db.delete(ShardBarrier).where(ShardBarrier.job_id == job.id))
     db.session.delete(job)
-    db.session.commit()
 
 
 def log_tail(job_id: str, settings: dict[str, Any], lines: int) -> list[str]:
