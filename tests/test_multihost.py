@@ -9,6 +9,11 @@ steer a job to one host when a test needs to know where it runs.
 - a burst of 200 queued jobs (each refused at once by its worker: the endpoint's port is closed) is
   spread over both workers and every job is taken exactly once;
 - a cancel posted to one web host stops a job running on the worker host the other web host's job went to;
+- a stress test spread over both worker hosts (``spread: "hosts"``) against one simulator that both reach
+  (on our side of host 1's link; host 2 is routed to it): a shard on each host, each level started together
+  through the database, the merged figures checked against the simulator's own records. The namespaces
+  share this machine's clock, as NTP-synchronised hosts nearly do: the wall-clock merge is exercised, not
+  a clock offset;
 - a SIGKILL of a whole worker host mid-job (its worker and evalscope at once) ends that job as
   interrupted within the lease, by the other host's worker, with its finished level kept.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -29,11 +35,12 @@ from typing import Any
 import pytest
 import requests
 
+from backend.results.metrics import percentile
 from tests.conftest import TEST_MODELS
 from tests.support import hosts, postgres
 from tests.support.app_server import AppServer
-from tests.support.simulator import free_port
-from tests.support.stress import wait_for
+from tests.support.simulator import SimulatorProcess, free_port
+from tests.support.stress import SLOW_SIM_ARGS, wait_for
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(not hosts.available(), reason="needs root and iproute2 for network namespaces")]
@@ -46,6 +53,7 @@ class Cluster:
     web: list[AppServer]
     workers: list[hosts.NetnsHost]
     folder: Path
+    shared_sim: SimulatorProcess  # reachable from both worker hosts
 
     def worker_log(self, number: int) -> str:
         """What host ``number``'s worker logged (its log files, and what it wrote to its output)."""
@@ -96,7 +104,10 @@ def cluster() -> Iterator[Cluster]:
             machine.spawn("simulator", [sys.executable, "-m", "backend.simulator", "--host", "127.0.0.1", "--port",
                                         str(sim_port), "--profile", "sim-fast:decode_base_ms=20"], env)
             machine.spawn("worker", [sys.executable, "-m", "backend.jobs.worker"], env)
-        cluster = Cluster(web, machines, folder)
+        shared_sim = SimulatorProcess(seed=9, extra_args=SLOW_SIM_ARGS, host=machines[0].gateway).start()
+        stack.callback(shared_sim.stop)
+        machines[1].reach(machines[0].gateway)
+        cluster = Cluster(web, machines, folder, shared_sim)
         wait_for(lambda: {w["host"] for w in cluster.api(0, "GET", "/api/v1/workers").json().get("workers", [])
                           if w["alive"]} == {"host-1", "host-2"}, 60, "both worker hosts to report")
         yield cluster
@@ -144,6 +155,47 @@ def test_a_cancel_posted_to_one_web_host_stops_a_job_on_the_other_host(cluster: 
     assert took < 2 + 2 + 5, took  # a notification, then SIGTERM, then at most the grace (2 s) and evalscope's exit
     assert re.search(rf"stress job {job_id}: SIGTERM to process group", cluster.worker_log(2))
     assert f"stress job {job_id}" not in cluster.worker_log(1)  # never seen by the other host
+
+
+def test_a_stress_test_spread_over_both_hosts_merges_to_the_simulators_truth(cluster: Cluster) -> None:
+    prompt = f"spread over hosts {time.time()!r}"
+    since = time.time()
+    job_id = _stress(cluster, 0, manual_config={"base_url": cluster.shared_sim.base_url, "model_name": "sim-fast"},
+                     concurrency=[2, 4], requests=[4, 8], prompt=prompt, output_tokens=20, shards=2, spread="hosts")
+    job = wait_for(lambda: (j := cluster.job(job_id, web=1))["is_finished"] and j, 120, "the spread job to end")
+    assert job["status"] == "completed", (job, cluster.worker_log(1)[-3000:], cluster.worker_log(2)[-3000:])
+    assert sorted(shard["worker_host"] for shard in job["shard_jobs"]) == ["host-1", "host-2"]  # one on each
+    assert job["worker_host"] == "host-1, host-2"
+    assert [(lv["concurrency"], lv["requests"], lv["succeeded"], lv["complete"]) for lv in job["levels"]] == [
+        (2, 4, 4, True), (4, 8, 8, True)]
+
+    records = sorted((r for r in cluster.shared_sim.requests(since) if r["prompt"] == prompt
+                      and r["status"] == "completed"), key=lambda r: r["arrival"])
+    assert len(records) == 12
+    by_level = [records[:4], records[4:]]
+    assert max(r["last_token_at"] for r in by_level[0]) < min(r["arrival"] for r in by_level[1])
+    results = cluster.api(1, "GET", f"/api/v1/results/{job_id}").json()
+    for position, truth in enumerate(by_level):
+        true_ttft = [(r["first_token_at"] - r["arrival"]) * 1000.0 for r in truth]
+        level = results["levels"][position]
+        ttft = level["metrics"]["ttft_ms"]
+        # as in tests/test_stress_spread.py; a request crosses a veth link here, which adds well under a ms
+        assert ttft["p50"] == pytest.approx(percentile(true_ttft, 50), abs=15.0)
+        assert ttft["avg"] == pytest.approx(statistics.fmean(true_ttft), abs=15.0 + 60.0 / len(truth))
+        assert ttft["p99"] == pytest.approx(percentile(true_ttft, 99), abs=60.0)
+        # throughput over the window both hosts ran: the simulator's tokens over its own span of the level
+        true_rate = sum(r["tokens_emitted"] for r in truth) / (
+            max(r["last_token_at"] for r in truth) - min(r["arrival"] for r in truth))
+        assert level["output_tokens_per_s"] == pytest.approx(true_rate, rel=0.10)
+        assert sorted(shard["host"] for shard in level["client"]["shards"]) == ["host-1", "host-2"]
+        for shard in job["shard_jobs"]:  # each host ran half of the level
+            rows = cluster.api(1, "GET", f"/api/v1/results/{shard['id']}").json()["levels"][position]
+            assert rows["requests"] == len(truth) // 2
+        # one common start: the level's first wave (every slot of both hosts) reached the simulator together,
+        # where a host starting late would have put its slots a poll or more (0.2 s) behind the other's
+        concurrency = job["levels"][position]["concurrency"]
+        first_wave = sorted(r["arrival"] for r in truth)[:concurrency]
+        assert first_wave[-1] - first_wave[0] < 0.15, first_wave
 
 
 def test_a_worker_host_killed_mid_job_ends_it_interrupted_within_the_lease(cluster: Cluster) -> None:

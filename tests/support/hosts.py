@@ -60,6 +60,10 @@ class NetnsHost:
             _ip("-n", self.name, *args)
         return self
 
+    def reach(self, address: str) -> None:
+        """Route ``address`` (one of this machine's own, on another host's link) through this host's link."""
+        _ip("-n", self.name, "route", "add", f"{address}/32", "via", self.gateway)
+
     def spawn(self, label: str, command: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
         """``command`` in this host's network and in a PID namespace of its own (one per process: the host's
         processes cannot see each other's pids either, which is harsher than one machine, never kinder)."""

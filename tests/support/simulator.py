@@ -28,11 +28,13 @@ def free_port() -> int:
 class SimulatorProcess:
     """``with SimulatorProcess(extra_args=["--profile", "sim-fast:max_batch=2"]) as sim: ...``"""
 
-    def __init__(self, port: int | None = None, seed: int = 0, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, port: int | None = None, seed: int = 0, extra_args: Sequence[str] = (),
+                 host: str = "127.0.0.1") -> None:
         self.port = port or free_port()
         self.seed = seed
         self.extra_args = list(extra_args)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.url = f"http://{host}:{self.port}"
         self.base_url = f"{self.url}/v1"
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self._log = None
@@ -50,6 +52,8 @@ class SimulatorProcess:
             sys.executable,
             "-m",
             "backend.simulator",
+            "--host",
+            self.host,
             "--port",
             str(self.port),
             "--seed",
