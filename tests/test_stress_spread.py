@@ -113,6 +113,7 @@ def test_a_level_spread_over_two_workers_merges_to_the_simulators_truth(app: Fla
             (share(4, shard["index"], 2), share(8, shard["index"], 2))]
     listed = client.get("/api/v1/stress-tests").json["jobs"]
     assert [j["id"] for j in listed] == [job_id]  # the shards are shown on their job's page, not listed
+    assert [r["id"] for r in client.get("/api/v1/results").json["results"]] == [job_id]
 
     assert [(lv["concurrency"], lv["requests"], lv["succeeded"], lv["complete"]) for lv in job["levels"]] == [
         (2, 4, 4, True), (4, 8, 8, True)]

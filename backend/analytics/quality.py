@@ -32,7 +32,8 @@ def _stress_speed(model: str, slo: Slo) -> dict[str, Any] | None:
 
     jobs = db.session.scalars(select(StressJob).where(StressJob.model_key == model,
                                                       StressJob.status == JobStatus.COMPLETED.value,
-                                                      StressJob.search_id.is_(None))
+                                                      StressJob.search_id.is_(None),
+                                                      StressJob.parent_id.is_(None))
                               .order_by(StressJob.finished_at.desc(), StressJob.created_at.desc()).limit(5)).all()
     job = next((job for job in jobs if job.levels), None)  # the latest with results
     if job is None:

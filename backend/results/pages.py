@@ -94,7 +94,8 @@ def home_context() -> dict[str, object]:
     """The home page's results panel (templates/results/_home.html): the latest finished jobs with their
     headline figures against the default SLO (read from the packed per-level arrays: a few ms a job)."""
     slo = service.default_slo()
-    jobs = db.session.scalars(select(StressJob).where(StressJob.status.in_([s.value for s in FINISHED]))
+    jobs = db.session.scalars(select(StressJob).where(StressJob.status.in_([s.value for s in FINISHED]),
+                                                StressJob.parent_id.is_(None))
                               .order_by(StressJob.finished_at.desc(), StressJob.id).limit(HOME_LATEST)).all()
     latest = []
     for job in jobs:

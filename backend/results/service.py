@@ -193,7 +193,8 @@ def list_results(*, model: str | None, status: str | None, since: str | None, un
                  text: str | None, limit: int, offset: int) -> dict[str, Any]:
     """Finished jobs, newest first, with their headline figures from the level rows."""
     finished = [s.value for s in FINISHED]
-    query = select(StressJob).where(StressJob.status.in_(finished))
+    # a host shard's levels are a part of its job's (backend/stress/spread.py): the job is listed, not it
+    query = select(StressJob).where(StressJob.status.in_(finished), StressJob.parent_id.is_(None))
     if status:
         if status not in finished:
             raise ApiError(f"status: must be one of {', '.join(finished)}", field="status")

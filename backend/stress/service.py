@@ -150,8 +150,12 @@ def job_dict(job: StressJob, settings: dict[str, Any], *, alive: bool | None = N
     """The job as the API shows it; with ``preview``, a long prompt is cut (``params.prompt_chars``
     gives its length; the job's own route has it whole)."""
     status = job.job_status
-    if status in ACTIVE:
-        worker_ok: bool | None = _fresh(job.heartbeat_at, settings)
+    shards = spread.shards_of(job.id) if job.host_shards is not None else []
+    if status in ACTIVE and shards:  # spread over hosts: the workers of its running shards
+        worker_ok: bool | None = all(_fresh(shard.heartbeat_at, settings) for shard in shards
+                                     if shard.job_status in ACTIVE)
+    elif status in ACTIVE:
+        worker_ok = _fresh(job.heartbeat_at, settings)
     elif status is JobStatus.QUEUED:
         worker_ok = worker_alive(settings) if alive is None else alive
         if worker_ok and job.labels:  # a worker runs, but can it take this job?
@@ -185,7 +189,7 @@ def job_dict(job: StressJob, settings: dict[str, Any], *, alive: bool | None = N
         data["shard_jobs"] = [{"id": shard.id, "index": int(shard.params["host_shard"][0]), "status": shard.status,
                                "worker_id": shard.worker_id, "worker_host": shard.worker_host,
                                "progress": dict(shard.progress or {}), "error": shard.error}
-                              for shard in spread.shards_of(job.id)]
+                              for shard in shards]
     if job.parent_id is not None:
         data["shard_of"] = {"id": job.parent_id, "index": int(job.params["host_shard"][0]),
                             "of": int(job.params["host_shard"][1])}
@@ -340,7 +344,7 @@ def _level_timing(level: StressLevel) -> dict[str, Any] | None:
 
 
 def _completed_jobs(model_keys: list[str] | None, before: Any = None, limit: int = 200) -> list[StressJob]:
-    query = select(StressJob).where(StressJob.status == JobStatus.COMPLETED.value)
+    query = select(StressJob).where(StressJob.status == JobStatus.COMPLETED.value, StressJob.parent_id.is_(None))
     if model_keys is not None:
         query = query.where(StressJob.model_key.in_(model_keys))
     if before is not None:
