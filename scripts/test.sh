@@ -54,7 +54,8 @@ export PEP_TEST_POSTGRES_URL
 #   test_faults_eval_ingest), stress datasets and run options (evalscope's arguments), a failing endpoint
 #   and a full disk (test_stress_jobs covers failed jobs), artefact storage (S3 and folders; its rows:
 #   test_stress_artefacts), the API fuzzer (NUL and other hostile text: test_hostile_inputs), sharded levels
-#   (36 s; their rows are stored as any level's: test_stress_jobs) and the endpoints failing one way each
+#   (36 s; their rows are stored as any level's: test_stress_jobs), levels spread over two workers (55 s; on
+#   PostgreSQL in test_multihost, their group's rows here: test_spread_groups) and the endpoints failing one way each
 #   (28 s; what they test is the reason evalscope's logs give, not the database);
 # - files that touch no database, or only to start an app: the simulator, evalscope's entry point, the
 #   providers and their faults (Bedrock, OpenAI, EMD discovery), live streaming, start.sh, the imports;
@@ -72,7 +73,7 @@ pg_skip=(tests/e2e tests/test_capacity_search_e2e.py tests/test_evaluations_jobs
   tests/test_bedrock_plugin.py tests/test_bedrock_provider.py tests/test_openai_provider.py
   tests/test_emd_discovery.py tests/test_faults_inference.py tests/test_multi_inference_live.py
   tests/test_start_script.py tests/test_imports.py tests/test_dbcopy.py tests/test_multihost.py
-  tests/test_job_wakeup.py tests/test_stress_shards.py tests/test_faults_jobs_stream.py)
+  tests/test_job_wakeup.py tests/test_stress_shards.py tests/test_stress_spread.py tests/test_faults_jobs_stream.py)
 .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --database=postgresql -m 'not sqlite_only' \
   "${pg_skip[@]/#/--ignore=}" "${pg_paths[@]}" "$@" || status=$?
 exit "$status"
