@@ -35,8 +35,9 @@ figures are medians over repeats. For ours and the shards it also prints each lo
 the level (``client_cpu.json``, cpu_s / wall_s; evalscope is one event loop, so near 1.0 is a saturated
 client) and the issue-14 verdict for sharding: TTFT error <= 5 ms average and <= 10 ms p99.
 
-``--lag`` runs ours and every shard through ``--lag-probe`` (this script): the same ``evalscope_entry``,
-with a thread that, every ``LAG_PING_S``, schedules a callback on evalscope's event loop
+``--lag`` also starts the simulator with ``--lag-probe`` and prints its own loop lag over each run's
+level (``GET /sim/lag``); and it runs ours and every shard through ``--lag-probe`` (this script): the
+same ``evalscope_entry``, with a thread that, every ``LAG_PING_S``, schedules a callback on evalscope's event loop
 (``call_soon_threadsafe``) and records how long it waited to run: how long a chunk that arrived then
 would have waited for the loop. The probe costs a little CPU and takes the GIL 200 times a second, so
 its runs are not the ones to quote for accuracy.
@@ -186,6 +187,8 @@ def run_evalscope(
         "requests": number,
         "client": client_load([read_json(directory / CLIENT_CPU_FILE)]),  # ours writes it; plain does not
         "lag": [read_json(lag_path)] if lag_path else [],
+        "prompt": prompt,
+        "since": since,
     }
 
 
@@ -236,6 +239,8 @@ def run_sharded(shards: int, sim: SimulatorProcess, level: int, tokens: int, wor
         "requests": number,
         "client": client_load([read_json(directory / CLIENT_CPU_FILE) for directory in directories]),
         "lag": [read_json(path) for path in lag_paths],
+        "prompt": prompt,
+        "since": since,
     }
 
 
@@ -252,11 +257,29 @@ def cpu_text(run: dict) -> str:
     if not all(u is None for u in shares):
         text += "  client CPU " + "/".join("?" if u is None else f"{u:.2f}" for u in shares)
         text += " SATURATED" if client["saturated"] else ""
+    if run.get("sim_lag"):
+        lag = run["sim_lag"]
+        text += (f"  simulator loop lag avg/p99/max ms {lag['avg_ms']:.1f}/{lag['p99_ms']:.1f}/{lag['max_ms']:.0f}"
+                 if lag.get("samples") else "  simulator loop lag: no samples")
     if run["lag"]:
         text += "  loop lag avg/p99/max ms " + " ".join(
             "?" if not lag else f"{lag['avg_ms']:.1f}/{lag['p99_ms']:.1f}/{lag['max_ms']:.0f}" for lag in run["lag"]
         )
     return text
+
+
+def simulator_lag(sim: SimulatorProcess, since: float, prompt: str) -> dict:
+    """The simulator's own loop lag (``--lag-probe``) from the run's first request's arrival to its last
+    token: how long a request's bytes and a due token step waited for its one event loop."""
+    records = [r for r in sim.requests(since) if r["prompt"] == prompt]
+    if not records:
+        return {"samples": 0}
+    start = min(r["arrival"] for r in records)
+    end = max(r.get("last_token_at") or r["arrival"] for r in records)
+    with urllib.request.urlopen(f"{sim.url}/sim/lag?since={start!r}", timeout=10) as response:
+        figures = json.loads(response.read())  # samples after the level's end too (a moment: the run ends)
+    figures["window_s"] = end - start
+    return figures
 
 
 def lag_probe(out: Path, argv: list[str]) -> int:
@@ -423,7 +446,8 @@ def main() -> int:
     started = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="bench-measurement-") as tmp,
-        SimulatorProcess(extra_args=["--profile", profile_spec(options.tokens)]) as sim,
+        SimulatorProcess(extra_args=["--profile", profile_spec(options.tokens),
+                                     *(["--lag-probe"] if options.lag else [])]) as sim,
     ):
         workdir = Path(tmp)
         for index, level in enumerate(levels):
@@ -435,6 +459,8 @@ def main() -> int:
                     run = run_variant(sim, level, options.tokens, workdir)
                     # over the whole run, evalscope's start-up included: a lower bound of its load in the level
                     run["sim_cpu"] = (process_cpu_s(sim_pid) - cpu_before) / (time.monotonic() - wall_before)
+                    if options.lag:
+                        run["sim_lag"] = simulator_lag(sim, run["since"], run["prompt"])
                     results.setdefault((level, variant), []).append(run)
                     r, t = run["reported"], run["true"]
                     print(

@@ -352,3 +352,18 @@ def test_profile_override_changes_and_creates_profiles() -> None:
 def test_bad_profile_override_is_rejected(spec: str) -> None:
     with pytest.raises(ProfileOverrideError):
         apply_override(builtin_profiles(), spec)
+
+
+def test_the_loop_lag_probe_samples_the_simulators_event_loop_only_when_asked() -> None:
+    with SimulatorProcess(extra_args=["--lag-probe"]) as sim:
+        since = time.time()
+        time.sleep(0.5)
+        figures = requests.get(f"{sim.url}/sim/lag", params={"since": repr(since)}, timeout=5).json()
+        # a sample every 5 ms plus the callback's wait: well over 20 in half a second on any machine
+        assert figures["samples"] > 20
+        assert 0 <= figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+        later = requests.get(f"{sim.url}/sim/lag", params={"since": repr(time.time() + 60)}, timeout=5).json()
+        assert later["samples"] == 0 and later["avg_ms"] is None  # none in the window: not computed, not 0
+    with SimulatorProcess() as sim:
+        off = requests.get(f"{sim.url}/sim/lag", timeout=5)
+        assert off.status_code == 404 and "--lag-probe" in off.json()["error"]["message"]

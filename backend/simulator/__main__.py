@@ -48,6 +48,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(repeatable; the bundled datasets are always in it)",
     )
     parser.add_argument(
+        "--lag-probe",
+        action="store_true",
+        help="sample the event loop's lag every 5 ms; GET /sim/lag?since=T gives the figures (benchmarks)",
+    )
+    parser.add_argument(
         "--no-platform-datasets",
         action="store_true",
         help="leave the platform's stored datasets (evaluations.datasets_dir) out of the answer key",
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if profile.behavior in (Behavior.ANSWER, Behavior.JUDGE) and extra:
             profile.answer_files = os.pathsep.join(filter(None, [profile.answer_files, *extra]))
 
-    app = create_app(profiles, seed=args.seed, api_key=args.api_key)
+    app = create_app(profiles, seed=args.seed, api_key=args.api_key, lag_probe=args.lag_probe)
     loop = _new_event_loop()
     print(
         f"simulator listening on http://{args.host}:{args.port} seed={args.seed} "

@@ -20,6 +20,7 @@ from backend.simulator.chat import (
     plan_completion,
 )
 from backend.simulator.engine import Engine, Sequence
+from backend.simulator.lag import LoopLag
 from backend.simulator.profiles import Behavior, Profile
 from backend.simulator.tracker import MAX_RECORDS, RequestRecord, RequestStatus, Tracker
 
@@ -65,6 +66,7 @@ def reply_for(state: SimulatorState, profile: Profile, chat: ChatRequest) -> str
 
 
 STATE_KEY = web.AppKey("simulator_state", SimulatorState)
+LAG_KEY = web.AppKey("loop_lag", object)  # a LoopLag, or None when the probe is off
 
 
 def _dumps(value: object) -> str:
@@ -336,12 +338,36 @@ async def sim_requests(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].tracker.records(since, limit), dumps=_dumps)
 
 
-def create_app(profiles: dict[str, Profile], seed: int = 0, api_key: str | None = None) -> web.Application:
+async def sim_lag(request: web.Request) -> web.Response:
+    probe = request.app[LAG_KEY]
+    if probe is None:
+        return error_response(404, "the loop-lag probe is off (start the simulator with --lag-probe)",
+                              "invalid_request_error", None)
+    try:
+        since = float(request.query["since"]) if "since" in request.query else None
+    except ValueError:
+        return error_response(400, "'since' must be a number", "invalid_request_error", None)
+    return web.json_response(probe.figures(since))
+
+
+def create_app(profiles: dict[str, Profile], seed: int = 0, api_key: str | None = None,
+               lag_probe: bool = False) -> web.Application:
     _stamp_arrivals()
     app = web.Application()
     app[STATE_KEY] = SimulatorState(seed=seed, api_key=api_key, profiles=profiles)
+    app[LAG_KEY] = LoopLag() if lag_probe else None
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/sim/stats", sim_stats)
     app.router.add_get("/sim/requests", sim_requests)
+    app.router.add_get("/sim/lag", sim_lag)
+    if lag_probe:
+        async def start_probe(app: web.Application) -> None:
+            app[LAG_KEY].start(asyncio.get_running_loop())
+
+        async def stop_probe(app: web.Application) -> None:
+            app[LAG_KEY].stop()
+
+        app.on_startup.append(start_probe)
+        app.on_cleanup.append(stop_probe)
     return app
