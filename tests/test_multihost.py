@@ -166,6 +166,11 @@ def test_a_stress_test_spread_over_both_hosts_merges_to_the_simulators_truth(clu
     assert job["status"] == "completed", (job, cluster.worker_log(1)[-3000:], cluster.worker_log(2)[-3000:])
     assert sorted(shard["worker_host"] for shard in job["shard_jobs"]) == ["host-1", "host-2"]  # one on each
     assert job["worker_host"] == "host-1, host-2"
+    # the shards are on their job's page, not in the lists
+    listed = {j["id"] for j in cluster.api(0, "GET", "/api/v1/stress-tests", params={"limit": 500}).json()["jobs"]}
+    assert job_id in listed and not listed & {shard["id"] for shard in job["shard_jobs"]}
+    results = {r["id"] for r in cluster.api(0, "GET", "/api/v1/results", params={"limit": 500}).json()["results"]}
+    assert job_id in results and not results & {shard["id"] for shard in job["shard_jobs"]}
     assert [(lv["concurrency"], lv["requests"], lv["succeeded"], lv["complete"]) for lv in job["levels"]] == [
         (2, 4, 4, True), (4, 8, 8, True)]
 
@@ -188,6 +193,8 @@ def test_a_stress_test_spread_over_both_hosts_merges_to_the_simulators_truth(clu
             max(r["last_token_at"] for r in truth) - min(r["arrival"] for r in truth))
         assert level["output_tokens_per_s"] == pytest.approx(true_rate, rel=0.10)
         assert sorted(shard["host"] for shard in level["client"]["shards"]) == ["host-1", "host-2"]
+        # the inter-token gaps of both hosts' requests (stored with each shard's level): 40 ms steps
+        assert level["metrics"]["itl_ms"]["p50"] == pytest.approx(40.0, abs=15.0)
         for shard in job["shard_jobs"]:  # each host ran half of the level
             rows = cluster.api(1, "GET", f"/api/v1/results/{shard['id']}").json()["levels"][position]
             assert rows["requests"] == len(truth) // 2
