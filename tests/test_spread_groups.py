@@ -12,7 +12,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from backend.db import db
-from backend.stress.models import StressJob
+from backend.stress.models import StressJob, utcnow
 from tests.support.stress import job_of, make_app
 
 
@@ -38,6 +38,8 @@ def _group(app: Flask, shards: int = 2) -> tuple[str, list[str]]:
 
 
 def _set(app: Flask, job_id: str, **values: Any) -> None:
+    if values.get("status") in ("completed", "failed", "cancelled", "interrupted"):
+        values.setdefault("finished_at", utcnow())  # as transition() sets it
     with app.app_context():
         db.session.execute(db.update(StressJob).where(StressJob.id == job_id).values(**values))
         db.session.commit()
@@ -89,3 +91,15 @@ def test_a_queued_job_cancelled_cancels_its_queued_shards(app: Flask) -> None:
     assert response.json["status"] == "cancelled"
     assert [s["status"] for s in response.json["shard_jobs"]] == ["cancelled", "cancelled"]
     assert {job_of(client, shard)["status"] for shard in shards} == {"cancelled"}
+
+
+def test_a_shard_cancelled_by_itself_cancels_the_job(app: Flask) -> None:
+    group_id, (first, second) = _group(app)
+    _set(app, first, status="running", worker_host="host-a")
+    _set(app, second, status="cancelled", worker_host="host-b", error="cancelled by request")
+    jobs = _advance(app)
+    assert jobs[first].status == "cancelling"
+    _set(app, first, status="cancelled", error="cancelled by request")
+    group = _advance(app)[group_id]
+    assert group.status == "cancelled"
+    assert group.error.startswith("shard 2 of 2") and "cancelled: cancelled by request" in group.error

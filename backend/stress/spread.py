@@ -249,6 +249,8 @@ def _end(group: StressJob, shards: list[StressJob]) -> None:
             if position not in stored:
                 _merge_level(group, shards, [levels[position] for levels in by_shard], position)
         status, error = _outcome(group, shards)
+        if status is JobStatus.CANCELLED and group.status == JobStatus.RUNNING.value:
+            transition(StressJob, group.id, JobStatus.CANCELLING)  # a running job is cancelled by way of it
         failed = sum(int(s.failed_requests or 0) for s in shards)
         if not transition(StressJob, group.id, status, error=error, failed_requests=failed,
                           worker_host=", ".join(sorted({s.worker_host for s in shards if s.worker_host}))):
@@ -269,10 +271,8 @@ def _outcome(group: StressJob, shards: list[StressJob]) -> tuple[JobStatus, str 
         return JobStatus.CANCELLED, "cancelled; the levels every shard finished are kept"
     ended = sorted((s for s in shards if s.status != JobStatus.COMPLETED.value),
                    key=lambda s: (s.status == JobStatus.CANCELLED.value, s.finished_at or utcnow()))
-    first = ended[0]
-    status = JobStatus(first.status)
-    if status is JobStatus.CANCELLED:
-        status = JobStatus.FAILED
+    first = ended[0]  # failed or interrupted before cancelled: a cancelled shard first means no shard failed
+    status = JobStatus(first.status)  # and a shard cancelled by itself cancels the job
     where = f" on host {first.worker_host}" if first.worker_host else ""
     return status, (f"shard {int(first.params['host_shard'][0]) + 1} of {len(shards)} (job {first.id}{where}) "
                     f"{first.status}: {first.error or 'no reason given'}")
