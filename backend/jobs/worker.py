@@ -151,7 +151,8 @@ class Worker:
 
     def _pause(self) -> float:
         """Until the next tick: the poll interval, or a tenth of a second while a job is being stopped, so that
-        a cancelled job ends as soon as its process does rather than a poll later."""
+        a cancelled job ends as soon as its process does rather than a poll later, or while its kind asks
+        (``kind.quick``: a host shard waiting for a level's start that this worker relays)."""
         poll = float(self.settings["poll_interval_s"])
         stopping = any(running.term_sent_at is not None or _quick(running) for running in self.running.values())
         return min(poll, STOPPING_POLL_S) if stopping else poll
