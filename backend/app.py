@@ -37,6 +37,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     from backend.health import bp as health_bp
     from backend.inference import api as inference_api
     from backend.inference import pages as inference_pages
+    from backend.metrics import api as metrics_api
     from backend.results import api as results_api
     from backend.results import capacity_api
     from backend.results import pages as results_pages
@@ -46,6 +47,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     catalog_service.init_app(app)
     app.register_blueprint(health_bp)
+    metrics_api.install(app)  # /metrics, and every request counted
     app.register_blueprint(catalog_api.bp)
     app.register_blueprint(inference_api.bp)
     app.register_blueprint(stress_api.bp)

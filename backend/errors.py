@@ -45,7 +45,7 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
 
 
 def _wants_json() -> bool:
-    return request.path.startswith("/api/")
+    return request.path.startswith("/api/") or request.path == "/metrics"  # a scraper reads no HTML
 
 
 def init_app(app: Flask) -> None:

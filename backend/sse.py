@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
+from flask import Response
+
+from backend import metrics
 from backend.text import scrub
 
 PING = b": ping\n\n"
@@ -40,3 +44,19 @@ def sse_frame_prefix(event: str, fixed: dict[str, Any], last_key: str) -> bytes:
     head = _dumps({**fixed, last_key: None})
     assert head.endswith("null}")
     return f"event: {event}\ndata: {head[:-5]}".encode()
+
+
+def sse_response(stream: Iterator[bytes], name: str) -> Response:
+    """The response of an event stream, counted in ``pep_sse_streams_active{stream=name}`` while it is open
+    (from its first event until it ends or its client goes, which closes ``stream`` too)."""
+    counted = _counted(stream, name) if metrics.ENABLED else stream
+    return Response(counted, headers=SSE_HEADERS, direct_passthrough=True)
+
+
+def _counted(stream: Iterator[bytes], name: str) -> Iterator[bytes]:
+    gauge = metrics.SSE_STREAMS.labels(name)
+    gauge.inc()
+    try:
+        yield from stream
+    finally:
+        gauge.dec()

@@ -21,9 +21,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from backend.config import PROJECT_ROOT, load_config, resolve_path
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # backend/metrics; not imported here: the supervisor counts nothing
 
 log = logging.getLogger("backend.supervisor")
 
@@ -240,11 +244,28 @@ def main() -> int:
     log_dir = resolve_path(config["logging"]["dir"])
     log_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(log_dir / "supervisor.log")
+    metrics_dir = metrics_folder()
     supervisor = Supervisor(platform_children(config, log_dir))
     server = config["server"]
     threading.Thread(target=announce_when_healthy, daemon=True,
                      args=(server["host"], int(server["port"]), int(config["simulator"]["port"]))).start()
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def metrics_folder() -> Path | None:
+    """Where gunicorn's workers and the job worker keep their Prometheus counters (``PROMETHEUS_MULTIPROC_DIR``,
+    inherited by every child), so that /metrics adds up every process: a fresh folder each start, removed
+    at the end (counters start at 0 with the platform, as Prometheus expects after a restart). One the
+    operator set is used as it is, and kept; None then."""
+    if os.environ.get(MULTIPROC_ENV):
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="pep-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(folder)
+    return folder
 
 
 if __name__ == "__main__":

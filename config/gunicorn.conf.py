@@ -41,3 +41,11 @@ def post_fork(server, worker):
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) > 1 and os.environ.get("PIN_WORKERS", "1") == "1":
         os.sched_setaffinity(0, {cores[(worker.age - 1) % len(cores)]})
+
+
+def child_exit(server, worker):
+    # Prometheus multiprocess mode (backend/metrics): a dead worker's live gauges (open streams) leave the sum.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
 
-# Routes that answer GET but are not pages an operator opens: live streams, fragments, files.
-NOT_PAGES = {"/favicon.ico", "/vendor/plotly.min.js", "/stress-tests/live", "/stress-tests/<job_id>/log"}
+# Routes that answer GET but are not pages an operator opens: live streams, fragments, files, Prometheus.
+NOT_PAGES = {"/favicon.ico", "/vendor/plotly.min.js", "/stress-tests/live", "/stress-tests/<job_id>/log", "/metrics"}
 
 # First path segments that name something in the repository (backend's packages may be named without
 # "backend/", as the architecture document does); logs/, outputs/ and data/ are made at run time.

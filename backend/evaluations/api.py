@@ -12,7 +12,7 @@ from backend.evaluations import service
 from backend.evaluations.params import EvaluationParams
 from backend.openapi import documented
 from backend.openapi.models import EvaluationJobList, JobOut, LogLines
-from backend.sse import SSE_HEADERS
+from backend.sse import sse_response
 from backend.validation import MAX_OFFSET, int_arg, json_body, parse_body
 
 bp = Blueprint("evaluations_api", __name__, url_prefix="/api/v1/evaluations")
@@ -70,4 +70,4 @@ def events(job_id: str):  # type: ignore[no-untyped-def]
     settings = _config()["evaluations"]
     stream = service.follow(app, job_id, poll_s=float(settings["sse_poll_s"]),
                             heartbeat_s=float(settings["heartbeat_s"]))
-    return Response(stream, headers=SSE_HEADERS, direct_passthrough=True)
+    return sse_response(stream, "evaluation_job")

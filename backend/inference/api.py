@@ -10,7 +10,7 @@ from backend.inference import service
 from backend.inference.schema import InferenceBody
 from backend.openapi import documented
 from backend.openapi.models import JSON, InferenceRunList
-from backend.sse import SSE_HEADERS
+from backend.sse import sse_response
 from backend.validation import MAX_OFFSET, int_arg, json_body, parse_body
 
 bp = Blueprint("inference_api", __name__, url_prefix="/api/v1")
@@ -23,8 +23,7 @@ def _plan(body: InferenceBody) -> service.Plan:
 def _event_stream(plan: service.Plan) -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     client_socket = request.environ.get("gunicorn.socket")
-    return Response(service.relay(plan, get_catalog(), app, client_socket), headers=SSE_HEADERS,
-                    direct_passthrough=True)
+    return sse_response(service.relay(plan, get_catalog(), app, client_socket), "multi_inference")
 
 
 @bp.post("/multi-inference")

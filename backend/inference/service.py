@@ -34,6 +34,7 @@ from backend.inference.media import MediaError, decode_base64, decode_image, sam
 from backend.inference.models import InferenceResult, InferenceRun
 from backend.inference.schema import InferenceBody
 from backend.inference.storage import RunWriter
+from backend.metrics import observe_answer
 from backend.providers import streamer_for
 from backend.providers.base import (
     Cancellation,
@@ -413,7 +414,10 @@ def relay(plan: Plan, catalog: Catalog, app: Flask, client_socket: Any = None) -
                 state.error = state.error or ProviderError("cancelled", "the client disconnected")
                 state.finished = True
                 state.ended = perf_counter()
-        writer.finish(plan.run_id, _result_rows(plan, states))
+        rows = _result_rows(plan, states)
+        writer.finish(plan.run_id, rows)
+        for state, row in zip(states, rows, strict=True):  # once per model and request: off the token path
+            observe_answer(state.planned.key, state.planned.provider, row, row["error_code"])
 
 
 def _finish(state: ModelState, now: float) -> bytes:

@@ -172,8 +172,8 @@ def is_open(path: str) -> bool:
 
 def is_api(path: str) -> bool:
     """A JSON route (401 when signed out), as against a page (a redirect to /login): the API's docs page
-    ``/api/docs`` is a page."""
-    return path.startswith("/api/") and path != "/api/docs"
+    ``/api/docs`` is a page; ``/metrics`` is for a scraper, which sends a bearer token."""
+    return (path.startswith("/api/") and path != "/api/docs") or path == "/metrics"
 
 
 def _bearer() -> str | None:

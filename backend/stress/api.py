@@ -20,7 +20,7 @@ from backend.openapi.models import (
     StressJobList,
     StressPresets,
 )
-from backend.sse import SSE_HEADERS
+from backend.sse import sse_response
 from backend.stress import artefacts, datasets, service
 from backend.stress.params import PRESETS, StressParams
 from backend.validation import MAX_OFFSET, int_arg, json_body, parse_body
@@ -133,4 +133,4 @@ def events(job_id: str):  # type: ignore[no-untyped-def]
     settings = _settings()
     stream = service.follow(app, job_id, poll_s=float(settings["sse_poll_s"]),
                             heartbeat_s=float(settings["heartbeat_s"]))
-    return Response(stream, headers=SSE_HEADERS, direct_passthrough=True)
+    return sse_response(stream, "stress_job")

@@ -37,7 +37,6 @@ from typing import Any
 from flask import (
     Blueprint,
     Flask,
-    Response,
     abort,
     current_app,
     flash,
@@ -55,7 +54,7 @@ from backend.errors import ApiError, NotFound
 from backend.inference import service as inference_service
 from backend.jobs import service as job_service
 from backend.results import capacity_search
-from backend.sse import PING, SSE_HEADERS, sse_event
+from backend.sse import PING, sse_event, sse_response
 from backend.stress import datasets, service
 from backend.stress.models import FINISHED, JobStatus, StressJob, StressLevel
 from backend.stress.params import (
@@ -173,7 +172,7 @@ def live():  # type: ignore[no-untyped-def]
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     settings = _settings()
     stream = live_cells(app, ids, poll_s=float(settings["sse_poll_s"]), heartbeat_s=float(settings["heartbeat_s"]))
-    return Response(stream, headers=SSE_HEADERS, direct_passthrough=True)
+    return sse_response(stream, "stress_list")
 
 
 def live_cells(app: Flask, ids: list[str], *, poll_s: float, heartbeat_s: float) -> Iterator[bytes]:
