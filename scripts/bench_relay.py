@@ -30,9 +30,11 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -476,6 +478,9 @@ def main() -> int:
     parser.add_argument("--no-slow", action="store_true", help="skip the 1,000 slow clients")
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
                         help="the platform's database: a SQLite file (default) or a throwaway PostgreSQL server")
+    parser.add_argument("--metrics", choices=("on", "off"), default="on",
+                        help="on (the default, as deployed): Prometheus counters in multiprocess mode; off: "
+                             "metrics.enabled false, to measure what counting costs the relay")
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loadgen:
@@ -488,9 +493,14 @@ def main() -> int:
         cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
     postgres = ThrowawayPostgres("bench_relay_pg_") if args.database == "postgresql" else None
     servers: Platform | None = None
+    env: dict[str, str] = {}
     t0 = time.monotonic()
     try:
-        env = {}
+        if args.metrics == "on":  # as scripts/start.sh runs it: every worker's counters in files of one folder
+            metrics_dir = tempfile.mkdtemp(prefix="bench_relay_metrics_")
+            env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        else:
+            env["PEP_METRICS__ENABLED"] = "false"
         if postgres:
             postgres.start()
             env["DATABASE_URL"] = postgres.database()
@@ -500,7 +510,8 @@ def main() -> int:
         print(f"machine: {os.cpu_count()} cores ({cpu_model}); gunicorn workers: {len(servers.web_workers())} "
               f"(pinned: {not args.no_pin}, pids {servers.web_workers()}); "
               f"simulator :{servers.sim_port}, relay :{servers.web_port}; "
-              f"database: {env['DATABASE_URL'] if postgres else servers.db_path}; tmp {servers.tmp}", flush=True)
+              f"database: {env['DATABASE_URL'] if postgres else servers.db_path}; metrics {args.metrics}; "
+              f"tmp {servers.tmp}", flush=True)
         gevent_ok = True
         if postgres:
             checked = gevent_check(servers, env["DATABASE_URL"])
@@ -535,6 +546,8 @@ def main() -> int:
             servers.stop()
         if postgres:
             postgres.stop()
+        if "PROMETHEUS_MULTIPROC_DIR" in env:
+            shutil.rmtree(env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
     print()
     print_table(rows)
