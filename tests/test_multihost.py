@@ -198,11 +198,12 @@ def test_a_stress_test_spread_over_both_hosts_merges_to_the_simulators_truth(clu
         for shard in job["shard_jobs"]:  # each host ran half of the level
             rows = cluster.api(1, "GET", f"/api/v1/results/{shard['id']}").json()["levels"][position]
             assert rows["requests"] == len(truth) // 2
-        # one common start: the level's first wave (every slot of both hosts) reached the simulator together,
-        # where a host starting late would have put its slots a poll or more (0.2 s) behind the other's
+        # one common start: the level's first wave (every slot of both hosts) reached the simulator together.
+        # Without the barrier each host starts when its own evalscope is ready, seconds apart; the bound is
+        # that of the one-host shards (tests/test_stress_shards.py), which leaves room for a loaded machine.
         concurrency = job["levels"][position]["concurrency"]
         first_wave = sorted(r["arrival"] for r in truth)[:concurrency]
-        assert first_wave[-1] - first_wave[0] < 0.15, first_wave
+        assert first_wave[-1] - first_wave[0] < 0.25, first_wave
 
 
 def test_a_worker_host_killed_mid_job_ends_it_interrupted_within_the_lease(cluster: Cluster) -> None:
