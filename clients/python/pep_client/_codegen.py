@@ -4,9 +4,10 @@
     python -m pep_client._codegen openapi.json > clients/python/pep_client/types.py
 
 Every schema in ``components.schemas`` becomes a ``TypedDict``: required properties as they are, the others
-``NotRequired``; ``anyOf`` becomes a union, ``enum`` a ``Literal``, an object with no properties a
-``dict[str, Any]``. The output depends only on the document (sorted, no timestamps): the platform's test
-suite regenerates it from the live server and compares it with the committed file.
+``NotRequired``, in alphabetical order (as the served JSON has them); ``anyOf`` becomes a union, ``enum`` a
+``Literal``, an object with no properties a ``dict[str, Any]``. The output depends only on the document
+(sorted, no timestamps): the platform's test suite regenerates it from the live server and compares it
+with the committed file.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def typed_dict(name: str, schema: dict[str, Any]) -> str:
     required = set(schema.get("required") or [])
     fields = [(key, annotation(value) if key in required else f"NotRequired[{annotation(value)}]",
                value.get("description"))
-              for key, value in properties.items()]
+              for key, value in sorted(properties.items())]  # sorted: the served document's keys are
     doc = (schema.get("description") or "").strip().replace('"""', "'''")
     if any(not key.isidentifier() or keyword.iskeyword(key) for key, _, _ in fields):
         items = "".join(f"    {json.dumps(key)}: {text},\n" for key, text, _ in fields)

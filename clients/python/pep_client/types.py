@@ -9,66 +9,66 @@ from typing import Any, Literal, NotRequired, TypedDict
 class ManualEndpoint(TypedDict):
     """An OpenAI-compatible endpoint named in a request. Its key is used, never stored in clear or echoed."""
 
-    base_url: NotRequired[str | None]
-    api_url: NotRequired[str | None]
-    model_name: str
     api_key: NotRequired[str | None]
+    api_url: NotRequired[str | None]
+    base_url: NotRequired[str | None]
+    model_name: str
 
 
 class SloBody(TypedDict):
-    percentile: NotRequired[float]
-    ttft_ms: NotRequired[float | None]
-    tpot_ms: NotRequired[float | None]
-    latency_s: NotRequired[float | None]
     error_rate: NotRequired[float | None]
+    latency_s: NotRequired[float | None]
+    percentile: NotRequired[float]
+    tpot_ms: NotRequired[float | None]
+    ttft_ms: NotRequired[float | None]
 
 
 class CapacitySearchBody(TypedDict):
-    start: NotRequired[int | Literal["auto"]]
-    precision: NotRequired[int | str]
-    repeats: NotRequired[int]
-    max_concurrency: NotRequired[int | None]
-    requests_per_slot: NotRequired[int]
-    slo: NotRequired[SloBody | None]
-    model: NotRequired[str | None]
-    manual_config: NotRequired[ManualEndpoint | None]
-    label: NotRequired[str | None]
-    requests: NotRequired[int]  # at least this many requests per probe
-    input_tokens: NotRequired[int]
-    output_tokens: NotRequired[int]
-    exact_output_tokens: NotRequired[bool]
-    dataset: NotRequired[Literal["prompt", "random", "random_vl", "line_by_line", "openqa", "custom"]]
-    prompt: NotRequired[str | None]
-    system: NotRequired[str | None]
-    dataset_file: NotRequired[str | None]
-    tokenizer: NotRequired[str | None]
-    image_width: NotRequired[int]
-    image_height: NotRequired[int]
-    image_count: NotRequired[int]
-    stream: NotRequired[bool]
-    temperature: NotRequired[float]
     connect_timeout_s: NotRequired[int]
+    dataset: NotRequired[Literal["prompt", "random", "random_vl", "line_by_line", "openqa", "custom"]]
+    dataset_file: NotRequired[str | None]
+    exact_output_tokens: NotRequired[bool]
+    image_count: NotRequired[int]
+    image_height: NotRequired[int]
+    image_width: NotRequired[int]
+    input_tokens: NotRequired[int]
+    label: NotRequired[str | None]
+    labels: NotRequired[list[str]]
+    manual_config: NotRequired[ManualEndpoint | None]
+    max_concurrency: NotRequired[int | None]
+    model: NotRequired[str | None]
+    output_tokens: NotRequired[int]
+    precision: NotRequired[int | str]
+    prompt: NotRequired[str | None]
     read_timeout_s: NotRequired[int]
+    repeats: NotRequired[int]
+    requests: NotRequired[int]  # at least this many requests per probe
+    requests_per_slot: NotRequired[int]
+    shards: NotRequired[int]
+    slo: NotRequired[SloBody | None]
+    spread: NotRequired[Literal["processes", "hosts"]]
+    start: NotRequired[int | Literal["auto"]]
+    stream: NotRequired[bool]
+    system: NotRequired[str | None]
+    temperature: NotRequired[float]
+    tokenizer: NotRequired[str | None]
     total_timeout_s: NotRequired[int]
     warmup: NotRequired[int | Literal["concurrency"]]
-    labels: NotRequired[list[str]]
-    shards: NotRequired[int]
-    spread: NotRequired[Literal["processes", "hosts"]]
 
 
 class JobOut(TypedDict):
     """A job row as the API shows it (stress test, evaluation or capacity search)."""
 
-    id: str
-    status: str  # queued, starting, running, cancelling, succeeded, failed or cancelled
-    is_finished: NotRequired[bool | None]
-    error: NotRequired[str | None]
     created_at: NotRequired[str | None]
-    started_at: NotRequired[str | None]
+    error: NotRequired[str | None]
     finished_at: NotRequired[str | None]
-    worker_id: NotRequired[str | None]  # the worker that runs or ran it (not a capacity search)
-    worker_host: NotRequired[str | None]  # the host that worker's processes run on
+    id: str
+    is_finished: NotRequired[bool | None]
     labels: NotRequired[list[str] | None]  # what a worker must have to take it
+    started_at: NotRequired[str | None]
+    status: str  # queued, starting, running, cancelling, succeeded, failed or cancelled
+    worker_host: NotRequired[str | None]  # the host that worker's processes run on
+    worker_id: NotRequired[str | None]  # the worker that runs or ran it (not a capacity search)
 
 
 class CapacitySearchList(TypedDict):
@@ -77,8 +77,8 @@ class CapacitySearchList(TypedDict):
 
 
 class ChatTurn(TypedDict):
-    role: Literal["system", "user", "assistant"]
     content: str
+    role: Literal["system", "user", "assistant"]
 
 
 class DatasetList(TypedDict):
@@ -87,8 +87,8 @@ class DatasetList(TypedDict):
 
 class ErrorDetail(TypedDict):
     code: str  # a machine-readable name: bad_request, not_found, conflict, ...
-    message: str  # a sentence naming the offending field when there is one
     details: dict[str, Any]  # ``field`` names the request field; ``errors`` lists them all
+    message: str  # a sentence naming the offending field when there is one
 
 
 class ErrorOut(TypedDict):
@@ -100,28 +100,28 @@ class ErrorOut(TypedDict):
 class EvaluationCellOut(TypedDict):
     """One model x dataset cell of an evaluation (``review.cell_dict``)."""
 
-    id: int
-    job_id: str
-    model: str
     dataset: NotRequired[str | None]
     dataset_id: NotRequired[str | None]
-    status: str
+    id: int
+    job_id: str
     metrics: dict[str, Any]
+    model: str
+    status: str
 
 
 class EvaluationDatasetOut(TypedDict):
     """An evaluation dataset (``EvalDataset.as_dict``): one row per distinct content."""
 
-    id: str
+    bundled: bool
     content_hash: str
     created_at: str
+    dev_filename: NotRequired[str | None]
+    dev_items: NotRequired[int | None]
+    filename: NotRequired[str | None]
+    id: str
+    items: int
     kind: str
     name: str
-    bundled: bool
-    filename: NotRequired[str | None]
-    dev_filename: NotRequired[str | None]
-    items: int
-    dev_items: NotRequired[int | None]
     size_bytes: NotRequired[int | None]
     summary: dict[str, Any]
 
@@ -129,26 +129,26 @@ class EvaluationDatasetOut(TypedDict):
 class EvaluationDatasetUpload(TypedDict):
     """``POST /api/v1/datasets``: an evaluation dataset (JSONL or CSV) and an optional dev (few-shot) file."""
 
+    dev_file: NotRequired[str | None]  # few-shot examples
+    file: str  # the test items
     kind: str  # the dataset's kind: multiple choice or question and answer
     name: str  # a name for the dataset
-    file: str  # the test items
-    dev_file: NotRequired[str | None]  # few-shot examples
 
 
 class EvaluationDatasetUploaded(TypedDict):
-    id: str
+    bundled: bool
     content_hash: str
+    created: bool  # false when the same content was stored already (200, not 201)
     created_at: str
+    dev_filename: NotRequired[str | None]
+    dev_items: NotRequired[int | None]
+    filename: NotRequired[str | None]
+    id: str
+    items: int
     kind: str
     name: str
-    bundled: bool
-    filename: NotRequired[str | None]
-    dev_filename: NotRequired[str | None]
-    items: int
-    dev_items: NotRequired[int | None]
     size_bytes: NotRequired[int | None]
     summary: dict[str, Any]
-    created: bool  # false when the same content was stored already (200, not 201)
 
 
 class EvaluationJobList(TypedDict):
@@ -157,54 +157,54 @@ class EvaluationJobList(TypedDict):
 
 
 class EvaluationParams(TypedDict):
-    models: NotRequired[list[str]]
-    manual_config: NotRequired[ManualEndpoint | None]
-    label: NotRequired[str | None]
-    datasets: list[str]
-    limit: NotRequired[int | None]
-    temperature: NotRequired[float]
-    max_tokens: NotRequired[int]
-    seed: NotRequired[int]
-    few_shot: NotRequired[int]
-    repeats: NotRequired[int]
-    judge: NotRequired[str | None]
-    metrics: NotRequired[list[Literal["acc", "exact_match", "rouge_l", "judge"]] | None]
-    timeout_s: NotRequired[int | None]
-    retries: NotRequired[int | None]
     batch_size: NotRequired[int | None]
+    datasets: list[str]
+    few_shot: NotRequired[int]
+    judge: NotRequired[str | None]
+    label: NotRequired[str | None]
     labels: NotRequired[list[str]]
+    limit: NotRequired[int | None]
+    manual_config: NotRequired[ManualEndpoint | None]
+    max_tokens: NotRequired[int]
+    metrics: NotRequired[list[Literal["acc", "exact_match", "rouge_l", "judge"]] | None]
+    models: NotRequired[list[str]]
+    repeats: NotRequired[int]
+    retries: NotRequired[int | None]
+    seed: NotRequired[int]
+    temperature: NotRequired[float]
+    timeout_s: NotRequired[int | None]
 
 
 class ManualConfig(TypedDict):
     """A manual endpoint for the playground; ``label`` names its column."""
 
-    base_url: NotRequired[str | None]
-    api_url: NotRequired[str | None]
-    model_name: str
     api_key: NotRequired[str | None]
+    api_url: NotRequired[str | None]
+    base_url: NotRequired[str | None]
     label: NotRequired[str | None]
+    model_name: str
 
 
 class InferenceBody(TypedDict):
-    models: NotRequired[list[str]]
-    model: NotRequired[str | None]
-    text: NotRequired[str | None]
-    prompt: NotRequired[str | None]
-    messages: NotRequired[list[ChatTurn] | None]
-    system: NotRequired[str | None]
-    max_tokens: NotRequired[int | None]
-    temperature: NotRequired[float | None]
     images: NotRequired[list[str]]
-    video: NotRequired[str | None]
     manual_config: NotRequired[ManualConfig | None]
+    max_tokens: NotRequired[int | None]
+    messages: NotRequired[list[ChatTurn] | None]
+    model: NotRequired[str | None]
+    models: NotRequired[list[str]]
+    prompt: NotRequired[str | None]
     stream: NotRequired[bool]
+    system: NotRequired[str | None]
+    temperature: NotRequired[float | None]
+    text: NotRequired[str | None]
+    video: NotRequired[str | None]
 
 
 class InferenceRunList(TypedDict):
-    total: int
     limit: int
     offset: int
     runs: list[dict[str, Any]]
+    total: int
 
 
 class LogLines(TypedDict):
@@ -217,45 +217,45 @@ class ModelList(TypedDict):
 
 
 class OpenApiDocument(TypedDict):
-    openapi: str
     info: dict[str, Any]
+    openapi: str
     paths: dict[str, Any]
 
 
 class ResultList(TypedDict):
-    total: int
     limit: int
     offset: int
     results: list[dict[str, Any]]
+    total: int
 
 
 class ReviewSample(TypedDict):
     """One scored sample (``review.sample_dict``)."""
 
     cell_id: int
+    correct: NotRequired[bool | None]
     index: int
     sample_id: NotRequired[str | None]
     score: NotRequired[float | None]
-    correct: NotRequired[bool | None]
 
 
 class SamplePage(TypedDict):
     """A page of an evaluation's samples; ``next``/``previous`` are the cursors for ``after``/``before``."""
 
-    job_id: str
-    total: int
-    limit: int
     filter: dict[str, str]  # the filter as the query arguments that give it back
-    samples: list[ReviewSample]
+    job_id: str
+    limit: int
     next: str | None
     previous: str | None
+    samples: list[ReviewSample]
+    total: int
 
 
 class SamplePair(TypedDict):
-    sample_id: str
-    outcome: str
     a: ReviewSample
     b: ReviewSample
+    outcome: str
+    sample_id: str
 
 
 class SideBySide(TypedDict):
@@ -263,15 +263,15 @@ class SideBySide(TypedDict):
 
     a: EvaluationCellOut
     b: EvaluationCellOut
-    matched: int
     counts: dict[str, int]
+    limit: int
+    matched: int
+    offset: int
     only_in_a: int
     only_in_b: int
     outcome: str | None
-    offset: int
-    limit: int
-    total: int
     pairs: list[SamplePair]
+    total: int
 
 
 class StressDatasetList(TypedDict):
@@ -288,14 +288,14 @@ class StressDatasetUpload(TypedDict):
 
 
 class StressFile(TypedDict):
-    name: str  # the name to ask ``.../files/{name}`` for
     bytes: int
     modified: float  # seconds since the epoch
+    name: str  # the name to ask ``.../files/{name}`` for
 
 
 class StressFileList(TypedDict):
-    id: str
     files: list[StressFile]
+    id: str
 
 
 class WorkerState(TypedDict):
@@ -309,31 +309,31 @@ class StressJobList(TypedDict):
 
 
 class StressParams(TypedDict):
-    model: NotRequired[str | None]
-    manual_config: NotRequired[ManualEndpoint | None]
-    label: NotRequired[str | None]
     concurrency: list[int]
-    requests: list[int] | int
-    input_tokens: NotRequired[int]
-    output_tokens: NotRequired[int]
-    exact_output_tokens: NotRequired[bool]
-    dataset: NotRequired[Literal["prompt", "random", "random_vl", "line_by_line", "openqa", "custom"]]
-    prompt: NotRequired[str | None]
-    system: NotRequired[str | None]
-    dataset_file: NotRequired[str | None]
-    tokenizer: NotRequired[str | None]
-    image_width: NotRequired[int]
-    image_height: NotRequired[int]
-    image_count: NotRequired[int]
-    stream: NotRequired[bool]
-    temperature: NotRequired[float]
     connect_timeout_s: NotRequired[int]
-    read_timeout_s: NotRequired[int]
-    total_timeout_s: NotRequired[int]
-    warmup: NotRequired[int | Literal["concurrency"]]
+    dataset: NotRequired[Literal["prompt", "random", "random_vl", "line_by_line", "openqa", "custom"]]
+    dataset_file: NotRequired[str | None]
+    exact_output_tokens: NotRequired[bool]
+    image_count: NotRequired[int]
+    image_height: NotRequired[int]
+    image_width: NotRequired[int]
+    input_tokens: NotRequired[int]
+    label: NotRequired[str | None]
     labels: NotRequired[list[str]]
+    manual_config: NotRequired[ManualEndpoint | None]
+    model: NotRequired[str | None]
+    output_tokens: NotRequired[int]
+    prompt: NotRequired[str | None]
+    read_timeout_s: NotRequired[int]
+    requests: list[int] | int
     shards: NotRequired[int]
     spread: NotRequired[Literal["processes", "hosts"]]
+    stream: NotRequired[bool]
+    system: NotRequired[str | None]
+    temperature: NotRequired[float]
+    tokenizer: NotRequired[str | None]
+    total_timeout_s: NotRequired[int]
+    warmup: NotRequired[int | Literal["concurrency"]]
 
 
 class StressPresets(TypedDict):
@@ -343,16 +343,16 @@ class StressPresets(TypedDict):
 class WorkerOut(TypedDict):
     """A job worker: where it runs, what it takes, what it runs now, and its lease."""
 
-    id: str
-    host: str | None
-    pid: int
-    labels: list[str]
+    alive: bool
     capacity: dict[str, int]  # jobs of each kind it runs at once
+    heartbeat_at: str
+    host: str | None
+    id: str
+    labels: list[str]
+    lease_until: str | None  # its jobs are another worker's to end after this
+    pid: int
     running: dict[str, int]  # jobs of each kind it runs now
     started_at: str
-    heartbeat_at: str
-    lease_until: str | None  # its jobs are another worker's to end after this
-    alive: bool
 
 
 class WorkerList(TypedDict):
