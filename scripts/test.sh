@@ -22,6 +22,14 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
 fi
 
+# The command line's tests run it in a real terminal (tests/test_cli.py).
+if ! command -v tmux >/dev/null 2>&1; then
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq tmux >/dev/null
+fi
+
 .venv/bin/ruff check .
 # Two workers, each taking whole test files (module-scoped servers stay in one process): most tests wait on
 # subprocesses and servers, so two share the machine's cores well. PYTEST_WORKERS=0 runs them in one process.
@@ -57,6 +65,8 @@ export PEP_TEST_POSTGRES_URL
 #   (36 s; their rows are stored as any level's: test_stress_jobs), levels spread over two workers (55 s; on
 #   PostgreSQL in test_multihost, their group's rows here: test_spread_groups) and the endpoints failing one way each
 #   (28 s; what they test is the reason evalscope's logs give, not the database);
+# - the Python client and the pep command (about 150 s): they test HTTP, streams and the terminal; the routes'
+#   database code they call is the API tests' here;
 # - files that touch no database, or only to start an app: the simulator, evalscope's entry point, the
 #   providers and their faults (Bedrock, OpenAI, EMD discovery), live streaming, start.sh, the imports;
 # - files that run on PostgreSQL in the SQLite pass already (their own server or databases): dbcopy, the
@@ -73,7 +83,8 @@ pg_skip=(tests/e2e tests/test_capacity_search_e2e.py tests/test_evaluations_jobs
   tests/test_bedrock_plugin.py tests/test_bedrock_provider.py tests/test_openai_provider.py
   tests/test_emd_discovery.py tests/test_faults_inference.py tests/test_multi_inference_live.py
   tests/test_start_script.py tests/test_imports.py tests/test_dbcopy.py tests/test_multihost.py
-  tests/test_job_wakeup.py tests/test_stress_shards.py tests/test_stress_spread.py tests/test_faults_jobs_stream.py)
+  tests/test_job_wakeup.py tests/test_stress_shards.py tests/test_stress_spread.py tests/test_faults_jobs_stream.py
+  tests/test_client.py tests/test_cli.py)
 .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadfile --database=postgresql -m 'not sqlite_only' \
   "${pg_skip[@]/#/--ignore=}" "${pg_paths[@]}" "$@" || status=$?
 exit "$status"

@@ -402,3 +402,33 @@ def test_the_token_from_the_argument_or_the_environment(tmp_path: Path, monkeypa
                 viewer.stress.create(model="sim-fast", concurrency=[1], requests=[1], prompt="x")
         with Client(server.url, token="operator-token-0123456789abcdef") as operator, pytest.raises(BadRequest):
             operator.stress.create(model="sim-fast", concurrency=[0], requests=[1], prompt="x")
+
+
+# --- installable on its own --------------------------------------------------------------------------
+
+
+def test_the_client_builds_as_a_package_of_its_own(tmp_path: Path) -> None:
+    """``pip install ./clients/python``: a wheel with pep_client and the pep command, needing only its own
+    dependencies, and importing nothing of the platform."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
+                    str(CLIENT_DIR.parent)], check=True, capture_output=True, timeout=240)
+    (wheel,) = tmp_path.glob("pep_client-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
+        entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert {name.split("/")[0] for name in names} == {"pep_client", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
+    assert "pep_client/types.py" in names and "pep_client/cli/__init__.py" in names
+    required = {line.split(":", 1)[1].split(">")[0].strip() for line in metadata.splitlines()
+                if line.startswith("Requires-Dist:")}
+    assert required == {"httpx", "httpx-sse", "typer", "rich"}
+    assert "pep = pep_client.cli:main" in entry_points
+    probe = ("import sys; import pep_client.cli, pep_client; from pep_client import Client; "
+             "print(pep_client.__file__); print(any(m == 'backend' or m.startswith('backend.') for m in sys.modules))")
+    shown = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(wheel), "PATH": "/usr/bin:/bin"},
+                           cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    assert shown == [f"{wheel}/pep_client/__init__.py", "False"]

@@ -18,7 +18,8 @@ NOT_PAGES = {"/favicon.ico", "/vendor/plotly.min.js", "/stress-tests/live", "/st
 
 # First path segments that name something in the repository (backend's packages may be named without
 # "backend/", as the architecture document does); logs/, outputs/ and data/ are made at run time.
-REPO_ROOTS = {"backend", "config", "docs", "scripts", "static", "templates", "tests", "README.md", "pyproject.toml"}
+REPO_ROOTS = {"backend", "clients", "config", "docs", "scripts", "static", "templates", "tests", "README.md",
+              "pyproject.toml"}
 BACKEND_PARTS = {path.name for path in (ROOT / "backend").iterdir()}
 
 
