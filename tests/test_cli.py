@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from pep_client import Client
+from PIL import Image
 
 from tests.support.app_server import AppServer
 from tests.support.live_platform import arithmetic_right, live_platform
@@ -53,7 +54,8 @@ def test_models_as_json_are_the_apis(platform: tuple[AppServer, SimulatorProcess
     assert table.returncode == 0 and "sim-fast" in table.stdout and "claude" not in table.stdout
 
 
-def test_infer_as_json_lines_and_a_failing_model(platform: tuple[AppServer, SimulatorProcess]) -> None:
+def test_infer_as_json_lines_an_image_and_a_failing_model(platform: tuple[AppServer, SimulatorProcess],
+                                                           tmp_path: Path) -> None:
     _, sim = platform
     since = time.time()
     done = pep(platform, "infer", "-m", "sim-fast", "-m", "sim-reasoning", "cli json prompt", "--max-tokens", "9",
@@ -66,6 +68,13 @@ def test_infer_as_json_lines_and_a_failing_model(platform: tuple[AppServer, Simu
     for model in ("sim-fast", "sim-reasoning"):
         pieces = [e for e in events if e["event"] in ("TextDelta", "ReasoningDelta") and e["model"] == model]
         assert len(pieces) == emitted[model] == 9
+    picture = tmp_path / "red.png"
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(picture)
+    since = time.time()
+    seen = pep(platform, "infer", "-m", "sim-vision", "--image", str(picture), "cli image", "--json")
+    assert seen.returncode == 0, seen.stderr
+    (record,) = [r for r in sim.requests(since) if r["prompt"] == "cli image"]
+    assert len(record["images"]) == 1, record
     failed = pep(platform, "infer", "-m", "sim-fast", "-m", "sim-error", "cli failing")
     assert failed.returncode == 5, failed.stderr
     assert "== Simulator (error) (sim-error)" in failed.stdout and "failed: upstream" in failed.stdout

@@ -15,6 +15,7 @@ failed (5xx, a broken stream); 5 a job or a model did not complete (failed, canc
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -168,10 +169,18 @@ def infer(ctx: typer.Context, prompt: Annotated[str, typer.Argument(help="The pr
           system: Annotated[str | None, typer.Option(help="A system prompt.")] = None,
           max_tokens: Annotated[int | None, typer.Option(min=1)] = None,
           temperature: Annotated[float | None, typer.Option(min=0.0, max=2.0)] = None,
+          image: Annotated[list[Path] | None, typer.Option(
+              "--image", exists=True, dir_okay=False, help="An image file to send with the prompt (repeatable).")
+                           ] = None,
+          video: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="A video file.")] = None,
           as_json: Annotated[bool, typer.Option("--json", help="Each event as a JSON line.")] = False) -> None:
     """Send one prompt to several models; their answers stream side by side."""
-    options = {key: value for key, value in
-               {"system": system, "max_tokens": max_tokens, "temperature": temperature}.items() if value is not None}
+    options: dict[str, Any] = {key: value for key, value in {
+        "system": system, "max_tokens": max_tokens, "temperature": temperature}.items() if value is not None}
+    if image:
+        options["images"] = [base64.b64encode(path.read_bytes()).decode() for path in image]
+    if video is not None:
+        options["video"] = base64.b64encode(video.read_bytes()).decode()
     columns = screens.AnswerColumns(out)
     with _client(ctx) as pep, pep.inference.stream(model, prompt, **options) as stream:
         if as_json:
@@ -244,21 +253,29 @@ def _bounds(texts: list[str] | None, kind: str) -> list[gates.Bound]:
         raise click.BadParameter(str(error).removeprefix("--assert "), param_hint="--assert") from None
 
 
-def _follow_stress(pep: Client, job_id: str, checks: list[gates.Bound], as_json: bool, quiet: bool) -> None:
-    job = dict(pep.stress.get(job_id))
+def _watch(part: Any, job_id: str, screen: Any, what: str, command: str, as_json: bool,
+           quiet: bool) -> dict[str, Any]:
+    """Follow a job to its end: its events as JSON lines, nothing (``quiet``, or not a terminal), or
+    ``screen(console, job)`` drawn live; the finished job, its end said on stderr."""
+    job = dict(part.get(job_id))
     try:
         if as_json:
-            final = pep.stress.follow_to_end(job_id, None if quiet else lambda e: print(_event_json(e), flush=True))
+            final = part.follow_to_end(job_id, None if quiet else lambda e: print(_event_json(e), flush=True))
         elif quiet or not out.is_terminal:
-            final = pep.stress.follow_to_end(job_id)
+            final = part.follow_to_end(job_id)
         else:
-            bars = screens.LevelBars(out, job)
-            with Live(bars, console=out, refresh_per_second=8, transient=False):
-                final = pep.stress.follow_to_end(job_id, bars.apply)
+            drawn = screen(out, job)
+            with Live(drawn, console=out, refresh_per_second=8, transient=False):
+                final = part.follow_to_end(job_id, drawn.apply)
     except KeyboardInterrupt:
-        err.print(f"stopped following; {job_id} goes on: pep stress cancel {job_id} stops it")
+        err.print(f"stopped following; {job_id} goes on: pep {command} cancel {job_id} stops it")
         raise Done(INTERRUPTED) from None
-    _ended(final, "stress test")
+    _ended(final, what)
+    return final
+
+
+def _follow_stress(pep: Client, job_id: str, checks: list[gates.Bound], as_json: bool, quiet: bool) -> None:
+    final = _watch(pep.stress, job_id, screens.LevelBars, "stress test", "stress", as_json, quiet)
     if final.get("status") in COMPLETED or final.get("levels"):
         results = pep.results.get(job_id)
         if not as_json and not quiet:
@@ -421,21 +438,7 @@ def eval_follow(ctx: typer.Context, job_id: str, bounds: AssertOpt = None, as_js
 
 
 def _follow_eval(pep: Client, job_id: str, checks: list[gates.Bound], as_json: bool, quiet: bool) -> None:
-    job = dict(pep.evaluations.get(job_id))
-    try:
-        if as_json:
-            final = pep.evaluations.follow_to_end(job_id, None if quiet else lambda e: print(_event_json(e),
-                                                                                               flush=True))
-        elif quiet or not out.is_terminal:
-            final = pep.evaluations.follow_to_end(job_id)
-        else:
-            bars = screens.CellBars(out, job)
-            with Live(bars, console=out, refresh_per_second=8, transient=False):
-                final = pep.evaluations.follow_to_end(job_id, bars.apply)
-    except KeyboardInterrupt:
-        err.print(f"stopped following; {job_id} goes on: pep eval cancel {job_id} stops it")
-        raise Done(INTERRUPTED) from None
-    _ended(final, "evaluation")
+    final = _watch(pep.evaluations, job_id, screens.CellBars, "evaluation", "eval", as_json, quiet)
     if not as_json and not quiet:
         out.print(_cells_table(final))
     _gate(gates.check_evaluation(checks, final) if checks else [], as_json)
