@@ -171,6 +171,10 @@ def test_errors_are_one_line_with_their_exit_code(platform: tuple[AppServer, Sim
     assert refused.returncode == 3
     assert refused.stderr.count("\n") == 1 and "[field: models[0]]" in refused.stderr
     assert "Traceback" not in refused.stderr
+    bracketed = pep(platform, "infer", "-m", "[bold]nope[/bold]", "hello")  # printed as it is, not as markup
+    assert bracketed.returncode == 3 and "[bold]nope[/bold]" in bracketed.stderr
+    escaped = pep(platform, "infer", "-m", "\x1b[31mred\x07", "hello")  # no escape sequence reaches the terminal
+    assert escaped.returncode == 3 and "\x1b" not in escaped.stderr and "\x07" not in escaped.stderr
     missing = pep(platform, "stress", "cancel", "000000000000")
     assert missing.returncode == 3 and "(not_found, HTTP 404)" in missing.stderr
     unreachable = pep(platform, "models", base_url=f"http://127.0.0.1:{free_port()}")

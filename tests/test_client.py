@@ -431,7 +431,7 @@ def test_the_client_builds_as_a_package_of_its_own(tmp_path: Path) -> None:
     assert "pep_client/types.py" in names and "pep_client/cli/__init__.py" in names
     required = {line.split(":", 1)[1].split(">")[0].strip() for line in metadata.splitlines()
                 if line.startswith("Requires-Dist:")}
-    assert required == {"httpx", "httpx-sse", "typer", "rich"}
+    assert required == {"httpx", "httpx-sse", "typing-extensions", "typer", "rich"}
     assert "pep = pep_client.cli:main" in entry_points
     probe = ("import sys; import pep_client.cli, pep_client; from pep_client import Client; "
              "print(pep_client.__file__); print(any(m == 'backend' or m.startswith('backend.') for m in sys.modules))")

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import httpx
 from httpx_sse import ServerSentEvent
+from typing_extensions import Unpack  # typing's own from Python 3.12
 
 from pep_client import types as t
 from pep_client._http import Http
@@ -183,7 +184,7 @@ class _Followed(_Jobs):
 class Stress(_Followed):
     path = "/stress-tests"
 
-    def create(self, **params: Any) -> t.JobOut:
+    def create(self, **params: Unpack[t.StressParams]) -> t.JobOut:
         """Start a stress test (``StressParams``: ``model``, ``concurrency``, ``requests``, ...); it is queued
         for a worker. Raises ``BadRequest`` naming the field, ``Conflict`` when no worker could take it."""
         return self._http.json("POST", self.path, json=params)
@@ -217,7 +218,7 @@ class Stress(_Followed):
 class CapacitySearches(_Jobs):
     path = "/capacity-searches"
 
-    def create(self, **params: Any) -> t.JobOut:
+    def create(self, **params: Unpack[t.CapacitySearchBody]) -> t.JobOut:
         """Find the highest concurrency that meets an SLO (``CapacitySearchBody``)."""
         return self._http.json("POST", self.path, json=params)
 
@@ -259,7 +260,7 @@ class Results(_Part):
 class Evaluations(_Followed):
     path = "/evaluations"
 
-    def create(self, **params: Any) -> t.JobOut:
+    def create(self, **params: Unpack[t.EvaluationParams]) -> t.JobOut:
         """Score models on datasets with ``evalscope eval`` (``EvaluationParams``: ``models``, ``datasets``,
         ``limit``, ``judge``, ...)."""
         return self._http.json("POST", self.path, json=params)

@@ -51,8 +51,9 @@ def _console(**options: Any) -> Console:
     return Console(width=160, **options) if wide else probe
 
 
-out = _console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error is one line, however long
+# markup off: nothing printed is read as rich markup (a job's error or a model's text may hold "[...]")
+out = _console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)  # an error is one line, however long
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 AssertOpt = Annotated[list[str] | None, typer.Option(
@@ -589,20 +590,19 @@ def main(argv: list[str] | None = None) -> None:
         code = done.code
     except ApiError as error:
         field = f" [field: {error.field}]" if error.field else ""
-        err.print(screens.clean(f"pep: {error.message} ({error.code}, HTTP {error.status}){field}"), style="red",
-                  markup=False)
+        err.print(screens.clean(f"pep: {error.message} ({error.code}, HTTP {error.status}){field}"), style="red")
         code = REFUSED if error.status < 500 else UNREACHABLE
     except PepConnectionError as error:
-        err.print(screens.clean(f"pep: {error}"), style="red", markup=False)
+        err.print(screens.clean(f"pep: {error}"), style="red")
         code = UNREACHABLE
     except PepError as error:
-        err.print(screens.clean(f"pep: {error}"), style="red", markup=False)
+        err.print(screens.clean(f"pep: {error}"), style="red")
         code = UNREACHABLE
     except KeyboardInterrupt:
         code = INTERRUPTED
     except BrokenPipeError:  # `pep ... | head`
         code = OK
     except OSError as error:  # --output into a folder that does not exist, say
-        err.print(screens.clean(f"pep: {error}"), style="red", markup=False)
+        err.print(screens.clean(f"pep: {error}"), style="red")
         code = USAGE
     sys.exit(code if isinstance(code, int) else OK)
