@@ -98,7 +98,8 @@ def test_documents_point_only_inside_the_repository(document: Path) -> None:
                if not (ROOT / path.rstrip("/")).exists() and not (ROOT / "backend" / path.rstrip("/")).exists()]
     assert not missing, f"named but not in the repository: {missing}"
     # A module named on its own (`storage.py`, inside the feature a sentence is about) exists somewhere.
-    modules = {name.name for folder in ("backend", "scripts", "tests") for name in (ROOT / folder).rglob("*.py")}
+    modules = {name.name for folder in ("backend", "clients", "scripts", "tests")
+               for name in (ROOT / folder).rglob("*.py")}
     unknown = [name for name in re.findall(r"`([A-Za-z0-9_]+\.py)`", built) if name not in modules]
     assert not unknown, f"modules that do not exist: {unknown}"
 

@@ -43,7 +43,7 @@ def test_the_report_draws_its_charts_offline(app: Flask, client: Any, page: Page
     page.route("**/*", only_the_file)
     page.goto(path.as_uri())
     # Ten figures: six against concurrency, latency against throughput, two distributions, one over time.
-    expect(page.locator("#figures .figure")).to_have_count(10)
+    expect(page.locator("#figures .figure")).to_have_count(10, timeout=30_000)  # plotly.js (3.5 MB) on a busy machine
     expect(page.locator("#figures .figure .main-svg").first).to_be_visible()
     points = page.locator("#figures .scatterlayer .point").count()
     assert points > 30, points
@@ -68,7 +68,7 @@ def test_the_results_page_in_the_browser(app: Flask, client: Any, page: Page) ->
     expect(page.locator("#results-list tr[data-job='report1']")).to_be_visible()
     page.click("#results-list tr[data-job='report1'] a")
     expect(page.locator("#results-summary")).to_contain_text("concurrency 1")
-    expect(page.locator("#figures .figure")).to_have_count(10)
+    expect(page.locator("#figures .figure")).to_have_count(10, timeout=30_000)  # plotly.js (3.5 MB) on a busy machine
     page.fill("#slo-form input[name=ttft_ms]", "1000")
     page.fill("#slo-form input[name=error_rate]", "0.2")
     page.click("#slo-form button[type=submit]")
