@@ -218,7 +218,9 @@ def test_correct_times_never_moves_a_timestamp_later_and_leaves_unknown_ones() -
     assert (before_any_read.first_chunk_latency, before_any_read.query_latency) == (0.5, 0.5)
 
 
-SLOW_PARSE_S = 0.03
+# The stall is several times the tolerance the corrected times get (scheduling on a loaded two-core machine
+# put a corrected latency 10.7 ms off its truth once, with a 30 ms stall and an 8 ms tolerance).
+SLOW_PARSE_S = 0.08
 GAP_S = 0.02
 
 
@@ -311,7 +313,7 @@ def test_a_slow_parse_inflates_plain_times_but_not_the_corrected_ones(monkeypatc
     ]
     assert plain.success and corrected.success
     assert plain.generated_text == corrected.generated_text == "tok0 tok1 tok2 tok3 tok4 "
-    tolerance = 0.008
+    tolerance = 0.02
     assert plain.first_chunk_latency - true[0]["ttft"] > SLOW_PARSE_S - 0.005
     assert abs(corrected.first_chunk_latency - true[1]["ttft"]) < tolerance
     # The last message (usage) was parsed after the slow last token: the request's latency too.
