@@ -51,10 +51,10 @@ pg_dir="$(mktemp -d /tmp/pep-postgres-XXXXXX)"  # not under the checkout: the se
 trap '.venv/bin/python -m tests.support.postgres stop "$pg_dir"; rm -rf "$pg_dir"' EXIT
 PEP_TEST_POSTGRES_URL="$(.venv/bin/python -m tests.support.postgres start "$pg_dir")"
 export PEP_TEST_POSTGRES_URL
-# Left out of this pass, to keep the whole script within its 15 minutes on two cores (the SQLite pass alone
-# takes about 10; every file but tests/e2e took 643 s on PostgreSQL, of the 4 minutes this pass may have;
-# the selection here: 732 tests in 244 s at 17:35 with a benchmark running beside it, before the last two
-# evalscope files below were left out too (64 s of test time: about 30 s less)):
+# Left out of this pass, to keep the script's time down on two cores (2026-12-03, a fresh clone: the SQLite
+# pass 1157 s, this one 463 s, 29 min with the install; over the 15 minutes it should take: most of the time is
+# CPU, about 3.8 s of it to import evalscope in each of the few hundred evalscope processes the tests start,
+# so that a test taking 15 s alone takes up to 64 s in the run; every file but tests/e2e took 643 s here):
 # - the browser tests (tests/e2e): Chromium drives pages whose queries the page and API tests run here;
 # - files that spend their time in evalscope rather than in the database, whose database code the files
 #   kept here run too: the capacity search end to end (290 s; its planner and jobs: test_capacity_search_jobs),
