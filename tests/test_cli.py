@@ -81,7 +81,8 @@ def test_infer_as_json_lines_an_image_and_a_failing_model(platform: tuple[AppSer
 
 
 def test_a_stress_run_gated_and_its_results(platform: tuple[AppServer, SimulatorProcess], api: Client) -> None:
-    done = pep(platform, "stress", "run", "-m", "sim-fast", "-c", "1,2", "-n", "3,4", "--prompt", "cli gate",
+    # levels repeated (-c 1 -c 2) or comma-separated (-n 3,4): both lists reach the job whole
+    done = pep(platform, "stress", "run", "-m", "sim-fast", "-c", "1", "-c", "2", "-n", "3,4", "--prompt", "cli gate",
                "--set", "output_tokens=8", "--follow", "--assert", "p95_ttft_ms<=5000", "--assert", "error_rate<=0.01")
     assert done.returncode == 0, done.stdout + done.stderr
     job_id = done.stderr.split()[2]
@@ -91,7 +92,7 @@ def test_a_stress_run_gated_and_its_results(platform: tuple[AppServer, Simulator
     assert f"PASS p95_ttft_ms<=5000: worst {worst:.4g} at concurrency {at['concurrency']} (n={at['requests']} " \
            "requests)" in done.stderr
     assert "PASS error_rate<=0.01" in done.stderr
-    assert [level["requests"] for level in results["levels"]] == [3, 4]
+    assert [(level["concurrency"], level["requests"]) for level in results["levels"]] == [(1, 3), (2, 4)]
 
     # the same run against a bound below what it measured: every level is named, exit 1
     bound = min(level["ttft_ms"]["p95"] for level in results["levels"]) / 2
@@ -166,7 +167,9 @@ def test_errors_are_one_line_with_their_exit_code(platform: tuple[AppServer, Sim
     before = api.stress.list(limit=500)["total"]
     usage = pep(platform, "stress", "run", "-m", "sim-fast", "-c", "1", "-n", "1", "--assert", "p95_ttft<=1")
     assert usage.returncode == 2 and "unknown metric 'p95_ttft'" in usage.stderr
-    assert api.stress.list(limit=500)["total"] == before  # nothing started for a bound that cannot be read
+    not_a_level = pep(platform, "stress", "run", "-m", "sim-fast", "-c", "1", "-c", "x", "-n", "1")
+    assert not_a_level.returncode == 2 and "'x' is not one" in not_a_level.stderr
+    assert api.stress.list(limit=500)["total"] == before  # nothing started for a bound or a level that cannot be read
     refused = pep(platform, "infer", "-m", "no-such-model", "hello")
     assert refused.returncode == 3
     assert refused.stderr.count("\n") == 1 and "[field: models[0]]" in refused.stderr

@@ -111,11 +111,17 @@ def _event_json(event: Any) -> str:
     return json.dumps({"event": type(event).__name__, **asdict(event)}, ensure_ascii=False)
 
 
-def _csv_ints(value: str, name: str) -> list[int]:
-    try:
-        numbers = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise click.BadParameter(f"must be whole numbers separated by commas, not {value!r}", param_hint=name) from None
+def _csv_ints(values: list[str], name: str) -> list[int]:
+    """``-c 1,4,8`` or ``-c 1 -c 4 -c 8`` (or both): the numbers in the order given."""
+    numbers = []
+    for part in (part.strip() for value in values for part in value.split(",")):
+        if not part:
+            continue
+        try:
+            numbers.append(int(part))
+        except ValueError:
+            raise click.BadParameter(f"must be whole numbers separated by commas: {part!r} is not one",
+                                     param_hint=name) from None
     if not numbers:
         raise click.BadParameter("must name at least one number", param_hint=name)
     return numbers
@@ -207,8 +213,10 @@ def infer(ctx: typer.Context, prompt: Annotated[str, typer.Argument(help="The pr
 @stress_app.command("run")
 def stress_run(ctx: typer.Context,
                model: Annotated[str, typer.Option("--model", "-m", help="A model key.")],
-               concurrency: Annotated[str, typer.Option("--concurrency", "-c", help="Levels, e.g. 1,4,8.")],
-               requests: Annotated[str, typer.Option("--requests", "-n", help="Requests per level, e.g. 8,16,32.")],
+               concurrency: Annotated[list[str], typer.Option(
+                   "--concurrency", "-c", help="Levels, e.g. 1,4,8 (or repeated: -c 1 -c 4 -c 8).")],
+               requests: Annotated[list[str], typer.Option(
+                   "--requests", "-n", help="Requests per level, e.g. 8,16,32 (or repeated).")],
                prompt: Annotated[str | None, typer.Option(help="A fixed prompt (dataset 'prompt').")] = None,
                dataset: Annotated[str | None, typer.Option(help="prompt, random, openqa, line_by_line, ...")] = None,
                input_tokens: Annotated[int | None, typer.Option(min=1)] = None,
