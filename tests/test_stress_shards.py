@@ -42,12 +42,12 @@ from tests.support.stress_rows import METRIC, add_job, add_level
 # The simulator's step clock is exact; what differs between its records and evalscope's is the loopback
 # and event-loop time on both sides of each request, a few ms on an idle machine and up to ~10 ms on this
 # shared 2-core one while two evalscope processes and the worker run: 15 ms bounds the median without hiding
-# a real error (a shard starting late is tens of ms at 40 ms a token). A single request can be held longer
-# when the machine is loaded (28 ms seen in CI beside the rest of the suite), and with 4 or 8 requests the
-# p99 and the mean are that one request, so they get a wider bound; that the merged p99 is the union's, not
-# an average of the shards', is checked exactly below.
+# a real error (a shard starting late is tens of ms at 40 ms a token). The mean and the p99 of 4 or 8
+# requests are decided by one request, and a load generator the loaded machine does not schedule for a
+# while holds its requests' first tokens unread (28 ms seen in CI beside the rest of the suite, then 260 ms
+# on one request of 4, so a mean 65 ms above the truth with a median on it): those two are checked exactly
+# against the union of the shards' own rows (what the merge must compute), not against the simulator.
 TTFT_TOLERANCE_MS = 15.0
-TTFT_ONE_REQUEST_TOLERANCE_MS = 60.0
 
 
 @pytest.fixture
@@ -228,15 +228,13 @@ def test_a_sharded_sweep_merges_to_the_simulators_truth(stack: tuple[Flask, Any]
         level = results["levels"][position]
         assert level["metrics"]["ttft_ms"]["p50"] == pytest.approx(percentile(true_ttft, 50),
                                                                    abs=TTFT_TOLERANCE_MS)
-        assert level["metrics"]["ttft_ms"]["avg"] == pytest.approx(
-            statistics.fmean(true_ttft), abs=TTFT_TOLERANCE_MS + TTFT_ONE_REQUEST_TOLERANCE_MS / len(true_ttft))
-        assert level["metrics"]["ttft_ms"]["p99"] == pytest.approx(percentile(true_ttft, 99),
-                                                                   abs=TTFT_ONE_REQUEST_TOLERANCE_MS)
         true_rate = sum(r["tokens_emitted"] for r in truth) / (
             max(r["last_token_at"] for r in truth) - min(r["arrival"] for r in truth))
         assert level["output_tokens_per_s"] == pytest.approx(true_rate, rel=0.10)
-        # percentiles of the union: the merged rows are every request of both shards
+        # the mean and percentiles of the union: the merged rows are every request of both shards
         merged_ttft = [row["ttft_ms"] for part in shard_files for row in part.rows]
+        assert len(merged_ttft) == count
+        assert level["metrics"]["ttft_ms"]["avg"] == pytest.approx(statistics.fmean(merged_ttft))
         assert level["metrics"]["ttft_ms"]["p99"] == pytest.approx(float(np.percentile(
             merged_ttft, 99, method="inverted_cdf")))
 
