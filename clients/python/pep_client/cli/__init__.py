@@ -113,7 +113,7 @@ def _event_json(event: Any) -> str:
 
 def _csv_ints(values: list[str], name: str) -> list[int]:
     """``-c 1,4,8`` or ``-c 1 -c 4 -c 8`` (or both): the numbers in the order given."""
-    numbers = []
+    numbers: list[int] = []
     for part in (part.strip() for value in values for part in value.split(",")):
         if not part:
             continue
